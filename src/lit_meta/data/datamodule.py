@@ -1,0 +1,172 @@
+"""EpisodicDataModule: meta-train/val/test episode streams for the Lightning Trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from lit_meta.data.datasets import MetaDataset, build_dataset
+from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName, TaskDistribution
+from lit_meta.data.episode import EpisodeDataset, collate_episodes
+from lit_meta.data.sampler import EpisodeSampler, EpisodeShape
+from lit_meta.errors import EpisodeConfigError
+
+
+class EpisodicDataModule(L.LightningDataModule):
+    """Streams of N-way K-shot episodes from the disjoint class splits of a dataset.
+
+    Each split yields an :class:`~lit_meta.data.episode.EpisodeBatch` of
+    ``meta_batch_size`` tasks per step. Training draws new episodes every epoch;
+    validation and test draw the same fixed episodes every time, so their scores
+    are comparable across epochs and runs. The literature reports test accuracy
+    over 600 episodes, the default here.
+
+    Example::
+
+        dm = EpisodicDataModule("omniglot", root="data", ways=5, shots=1, queries=15, meta_batch_size=32)
+
+    Args:
+        dataset: a registered name (see :data:`lit_meta.data.datasets.DATASETS`)
+            or a :class:`~lit_meta.data.datasets.MetaDataset` instance.
+        root: where datasets that read files keep them.
+        dataset_kwargs: extra constructor arguments of a dataset given by name.
+        ways: classes per episode (all splits unless overridden). Regression
+            datasets have no classes and ignore it.
+        shots: labelled support examples per class.
+        queries: query examples per class.
+        train_ways: ways for meta-training only, e.g. 60-way training for 5-way
+            testing (Snell et al., 2017). Likewise ``train_shots``,
+            ``train_queries``, ``eval_ways``, ``eval_shots``, ``eval_queries``
+            (``eval`` = validation and test).
+        meta_batch_size: tasks per training step.
+        eval_meta_batch_size: tasks per validation/test step; default ``meta_batch_size``.
+        train_episodes: training episodes per epoch.
+        val_episodes: validation episodes (fixed across epochs).
+        test_episodes: test episodes (fixed; 600 as in the literature).
+        num_workers: DataLoader worker processes.
+        pin_memory: pin batches for faster host-to-GPU copies.
+        seed: seeds every episode stream; episode ``i`` of epoch ``e`` of a split
+            depends only on ``(seed, split, e, i)``.
+    """
+
+    def __init__(
+        self,
+        dataset: str | MetaDataset = "glyphs",
+        root: str = "data",
+        dataset_kwargs: dict[str, Any] | None = None,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        train_ways: int | None = None,
+        train_shots: int | None = None,
+        train_queries: int | None = None,
+        eval_ways: int | None = None,
+        eval_shots: int | None = None,
+        eval_queries: int | None = None,
+        meta_batch_size: int = 32,
+        eval_meta_batch_size: int | None = None,
+        train_episodes: int = 32_000,
+        val_episodes: int = 200,
+        test_episodes: int = 600,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=[] if isinstance(dataset, str) else ["dataset"])
+        if meta_batch_size < 1 or (eval_meta_batch_size is not None and eval_meta_batch_size < 1):
+            raise EpisodeConfigError(
+                f"meta_batch_size={meta_batch_size}, eval_meta_batch_size={eval_meta_batch_size}: "
+                "a step needs at least one task"
+            )
+        if num_workers < 0:
+            raise EpisodeConfigError(f"num_workers={num_workers}: use 0 (load in the main process) or more")
+        # Episode shapes are checked here so a bad config fails before any data is read.
+        self.shapes: dict[SplitName, EpisodeShape] = {
+            "train": EpisodeShape(train_ways or ways, train_shots or shots, train_queries or queries),
+            "val": EpisodeShape(eval_ways or ways, eval_shots or shots, eval_queries or queries),
+            "test": EpisodeShape(eval_ways or ways, eval_shots or shots, eval_queries or queries),
+        }
+        if isinstance(dataset, str):
+            dataset = build_dataset(dataset, root=root, **(dataset_kwargs or {}))
+        elif dataset_kwargs:
+            raise EpisodeConfigError("dataset_kwargs only apply to a dataset given by name; got an instance")
+        self.dataset = dataset
+        self.num_episodes: dict[SplitName, int] = {"train": train_episodes, "val": val_episodes, "test": test_episodes}
+        self.batch_sizes: dict[SplitName, int] = {
+            "train": meta_batch_size,
+            "val": eval_meta_batch_size or meta_batch_size,
+            "test": eval_meta_batch_size or meta_batch_size,
+        }
+        self.splits: dict[SplitName, ClassIndexedDataset | TaskDistribution] = {}
+        self.samplers: dict[SplitName, EpisodeSampler] = {}
+        self._pending_sampler_state: dict[str, Any] = {}
+
+    def prepare_data(self) -> None:
+        """Download or generate what the dataset lacks (once per node)."""
+        self.dataset.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the splits and their samplers; checks every episode shape against its split."""
+        wanted: tuple[SplitName, ...] = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+        }.get(stage or "", SPLIT_NAMES)
+        for split in wanted:
+            if split in self.samplers:
+                continue
+            self.splits[split] = self.dataset.split(split)
+            sampler = EpisodeSampler(
+                self.splits[split],
+                self.shapes[split],
+                num_episodes=self.num_episodes[split],
+                split=split,
+                seed=self.hparams.seed,
+                vary_with_epoch=split == "train",
+            )
+            if split in self._pending_sampler_state:
+                sampler.load_state_dict(self._pending_sampler_state.pop(split))
+            self.samplers[split] = sampler
+
+    def episode_loader(self, split: SplitName) -> DataLoader:
+        """A plain :class:`~torch.utils.data.DataLoader` of episode batches from ``split``."""
+        if split not in self.samplers:
+            self.setup()
+        workers = self.hparams.num_workers
+        return DataLoader(
+            EpisodeDataset(self.splits[split]),
+            batch_size=self.batch_sizes[split],
+            sampler=self.samplers[split],
+            collate_fn=collate_episodes,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory,
+            persistent_workers=workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.episode_loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.episode_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.episode_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.episode_loader("test")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sampler positions, saved in Lightning checkpoints."""
+        return {"samplers": {split: s.state_dict() for split, s in self.samplers.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore sampler positions (applied when the samplers are built, if not yet)."""
+        for split, state in state_dict.get("samplers", {}).items():
+            if split in self.samplers:
+                self.samplers[split].load_state_dict(state)
+            else:
+                self._pending_sampler_state[split] = state

@@ -1,0 +1,50 @@
+"""Dataset families, each providing disjoint meta-train/val/test splits, and their registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lit_meta.data.datasets.base import (
+    ClassIndexedDataset,
+    ClassSubset,
+    MetaDataset,
+    RotatedClasses,
+    TaskDistribution,
+    TensorClassDataset,
+)
+from lit_meta.data.datasets.sinusoid import Sinusoid, SinusoidTasks
+from lit_meta.errors import DatasetError
+
+DATASETS: dict[str, type[MetaDataset]] = {
+    "sinusoid": Sinusoid,
+}
+"""Registered dataset families by name, as accepted by :func:`build_dataset`."""
+
+
+def build_dataset(name: str, root: str | None = None, **kwargs: Any) -> MetaDataset:
+    """Instantiate a registered dataset family by name.
+
+    ``root`` is passed to families that read or download files; embedded ones
+    (sinusoid) ignore it.
+    """
+    key = name.lower().replace("-", "_")
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    family = DATASETS[key]
+    if root is not None and "root" in family.__init__.__code__.co_varnames:
+        kwargs["root"] = root
+    return family(**kwargs)
+
+
+__all__ = [
+    "DATASETS",
+    "ClassIndexedDataset",
+    "ClassSubset",
+    "MetaDataset",
+    "RotatedClasses",
+    "Sinusoid",
+    "SinusoidTasks",
+    "TaskDistribution",
+    "TensorClassDataset",
+    "build_dataset",
+]

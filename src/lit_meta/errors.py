@@ -1,0 +1,27 @@
+"""Exceptions raised at lit-meta's boundaries.
+
+Each names the offending value and the fix, so a bad configuration fails before
+any training starts.
+"""
+
+from __future__ import annotations
+
+
+class LitMetaError(Exception):
+    """Base class of every error lit-meta raises on purpose."""
+
+
+class EpisodeConfigError(LitMetaError, ValueError):
+    """An episode shape (ways, shots, queries) that a split cannot provide."""
+
+
+class DatasetError(LitMetaError, ValueError):
+    """Missing, empty, unreadable or unknown data."""
+
+
+class ChecksumError(DatasetError):
+    """A downloaded file whose hash differs from the expected one."""
+
+
+class UnsafeArchiveError(DatasetError):
+    """An archive member that would be written outside the extraction folder."""

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny generated data only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lit_meta.data.datasets import MetaDataset, TensorClassDataset
+from lit_meta.data.datasets.base import SplitName
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def omniglot_dir() -> Path:
+    """The real Omniglot release, from ``LIT_META_OMNIGLOT`` or ``../shared/data/omniglot``."""
+    return Path(os.environ.get("LIT_META_OMNIGLOT", REPO_ROOT.parent / "shared" / "data" / "omniglot"))
+
+
+class TinyImages(MetaDataset):
+    """Random 1x8x8 images, ``items_per_class`` per class, classes split 6/3/3 by default."""
+
+    def __init__(self, classes_per_split: tuple[int, int, int] = (6, 3, 3), items_per_class: int = 6, seed: int = 0):
+        total = sum(classes_per_split)
+        rng = np.random.default_rng(seed)
+        data = torch.from_numpy(rng.integers(0, 256, size=(total * items_per_class, 1, 8, 8), dtype=np.uint8))
+        labels = np.repeat(np.arange(total), items_per_class)
+        self.family = TensorClassDataset(data, labels, [f"class{c}" for c in range(total)])
+        bounds = np.cumsum([0, *classes_per_split])
+        self.classes = {name: np.arange(bounds[i], bounds[i + 1]) for i, name in enumerate(("train", "val", "test"))}
+
+    def split(self, name: SplitName) -> TensorClassDataset:
+        return self.family.subset(self.classes[name])
+
+
+@pytest.fixture
+def tiny_images() -> TinyImages:
+    return TinyImages()
