@@ -83,11 +83,14 @@ class ClassIndexedDataset(torch.utils.data.Dataset[tuple[Tensor, int]], ABC):
 
     @abstractmethod
     def load_items(self, indices: np.ndarray) -> Tensor:
-        """Return the items at ``indices`` stacked along a new first dimension."""
+        """Return the items at ``indices`` as stored (``uint8`` images stay ``uint8``), stacked."""
 
     def load(self, indices: np.ndarray) -> Tensor:
-        """Items at ``indices``, stacked, with the transform applied to each."""
+        """Items at ``indices``, stacked, as float (``uint8`` scaled to ``[0, 1]``), transformed."""
         items = self.load_items(np.asarray(indices, dtype=np.int64))
+        if items.dtype == torch.uint8:
+            # Converting once, after gathering and rotating, moves 4x fewer bytes.
+            items = items.float().div_(255.0)
         if self.transform is None:
             return items
         return torch.stack([self.transform(item) for item in items])
@@ -109,8 +112,8 @@ class ClassIndexedDataset(torch.utils.data.Dataset[tuple[Tensor, int]], ABC):
 class TensorClassDataset(ClassIndexedDataset):
     """A class-indexed dataset held in memory as one tensor.
 
-    Images are stored as ``uint8`` ``[N, C, H, W]`` and returned as float in
-    ``[0, 1]``; float data is returned as stored.
+    Images are stored as ``uint8`` ``[N, C, H, W]`` and loaded as float in
+    ``[0, 1]``; float data is loaded as stored.
     """
 
     def __init__(
@@ -127,17 +130,15 @@ class TensorClassDataset(ClassIndexedDataset):
         self.data = data
 
     def load_items(self, indices: np.ndarray) -> Tensor:
-        items = self.data[torch.from_numpy(indices)]
-        if items.dtype == torch.uint8:
-            return items.float().div_(255.0)
-        return items
+        # index_select is ~20x faster than advanced indexing for a few rows of uint8.
+        return self.data.index_select(0, torch.from_numpy(indices))
 
 
 class ClassSubset(ClassIndexedDataset):
     """The classes ``classes`` of ``parent``, relabelled ``0 .. len(classes)-1``.
 
     Used to build meta-train/val/test splits: each split is a subset of disjoint
-    classes of one family, and keeps the family's class ids.
+    classes of one family, and keeps the family's class ids and transform.
     """
 
     def __init__(self, parent: ClassIndexedDataset, classes: np.ndarray) -> None:
@@ -157,10 +158,8 @@ class ClassSubset(ClassIndexedDataset):
             labels=local,
             class_names=[parent.class_names[c] for c in classes],
             class_ids=parent.class_ids[classes],
+            transform=parent.transform,
         )
-
-    def load(self, indices: np.ndarray) -> Tensor:
-        return self.parent.load(self.parent_indices[np.asarray(indices, dtype=np.int64)])
 
     def load_items(self, indices: np.ndarray) -> Tensor:
         return self.parent.load_items(self.parent_indices[indices])
@@ -172,7 +171,8 @@ class RotatedClasses(ClassIndexedDataset):
     The augmentation of Santoro et al. (2016), Vinyals et al. (2016) and Finn et al.
     (2017) for Omniglot. Class ``c * R + r`` is class ``c`` rotated by
     ``rotations[r]`` degrees counter-clockwise; item ``i * R + r`` likewise. Rotate
-    after splitting, so all rotations of a character stay in one split.
+    after splitting, so all rotations of a character stay in one split. The
+    base's transform applies after the rotation.
     """
 
     def __init__(self, base: ClassIndexedDataset, rotations: Sequence[int]) -> None:
@@ -189,17 +189,27 @@ class RotatedClasses(ClassIndexedDataset):
             labels=(base.labels[:, None] * n_rot + np.arange(n_rot)).reshape(-1),
             class_names=[f"{name}/rot{r}" if r else name for name in base.class_names for r in rotations],
             class_ids=(base.class_ids[:, None] * 4 + np.array([r // 90 for r in rotations])).reshape(-1),
+            transform=base.transform,
         )
         self._quarter_turns = np.array([r // 90 for r in rotations])
 
     def load_items(self, indices: np.ndarray) -> Tensor:
         n_rot = len(self.rotations)
-        items = self.base.load(indices // n_rot)
-        turns = self._quarter_turns[indices % n_rot]
-        for k in np.unique(turns):
-            if k:
-                sel = torch.from_numpy(np.flatnonzero(turns == k))
-                items[sel] = torch.rot90(items[sel], int(k), dims=(-2, -1))
+        base_indices, turns = np.divmod(indices, n_rot)
+        groups = [np.flatnonzero(turns == r) for r in range(n_rot)]
+        items: Tensor | None = None
+        for r, positions in enumerate(groups):
+            if len(positions) == 0:
+                continue
+            part = self.base.load_items(base_indices[positions])
+            if self._quarter_turns[r]:
+                part = torch.rot90(part, int(self._quarter_turns[r]), dims=(-2, -1))
+            if len(positions) == len(indices):
+                return part.contiguous()
+            if items is None:
+                items = part.new_empty((len(indices), *part.shape[1:]))
+            items.index_copy_(0, torch.from_numpy(positions), part)
+        assert items is not None
         return items
 
 

@@ -1,0 +1,500 @@
+"""Downloading dataset files with resume, retries and checksums, and extracting archives safely.
+
+Everything here uses only the standard library. A download streams into
+``<path>.part`` and appears at ``path`` only once it is complete and verified;
+an extraction appears in its folder only once every member is written. So an
+interrupted or corrupt transfer never leaves a file or folder that looks usable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import http.client
+import lzma
+import os
+import re
+import shutil
+import stat
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import IO, Any, NamedTuple
+
+from lit_meta.errors import ChecksumError, DatasetError, UnsafeArchiveError
+
+# Some hosts refuse urllib's default User-Agent. The version is left out because lit_meta/__init__ imports
+# this module before it defines __version__.
+USER_AGENT = "lit-meta (+https://pypi.org/project/lit-meta/) Python-urllib"
+
+_HEX_DIGITS = {"md5": 32, "sha256": 64}
+_HEX = re.compile(r"[0-9a-f]+")
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
+
+# Statuses that mean "try again later"; any other HTTP error will not change on a retry.
+_TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Seconds before the first retry; doubled before each further one.
+_RETRY_DELAY_S = 1.0
+
+# When the server does not say how large the file is, report progress every this many bytes.
+_PROGRESS_STEP_UNKNOWN_SIZE = 16 << 20
+
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+# What a truncated or damaged archive raises while it is read. Decompressors (gzip, bz2) report bad data
+# with a bare OSError, which, unlike an OS failure such as a full disk, carries no errno.
+_CORRUPT_ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def file_hash(path: str | Path, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks so large files need little memory.
+
+    Args:
+        path: the file.
+        algorithm: any name :func:`hashlib.new` accepts, such as ``"sha256"`` or ``"md5"``.
+        chunk_size: bytes read at a time.
+
+    Returns:
+        The lowercase hex digest.
+    """
+    # md5 only identifies files here; usedforsecurity=False keeps it available on FIPS-restricted systems.
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: str | Path, checksum: str) -> None:
+    """Checks that a file has the expected hash.
+
+    Args:
+        path: the file.
+        checksum: ``"md5:<hex>"`` or ``"sha256:<hex>"``; bare hex digits also work and mean md5 when there
+            are 32 of them, sha256 when there are 64.
+
+    Raises:
+        ChecksumError: the file's hash differs; the message names the file, both hashes and the fix.
+        DatasetError: ``checksum`` is not in one of the forms above.
+    """
+    mismatch = _checksum_mismatch(path, checksum)
+    if mismatch is not None:
+        raise ChecksumError(f"{path}: {mismatch}. The file is corrupt or incomplete: delete it and download it again.")
+
+
+def download_url(
+    url: str,
+    path: str | Path,
+    checksum: str | None = None,
+    *,
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+    retries: int = 3,
+    progress: bool = False,
+) -> Path:
+    """Downloads ``url`` to ``path``, resuming and retrying as needed, and verifies it.
+
+    A file already at ``path`` is returned without any request, provided it matches ``checksum`` when one
+    is given; one that does not match is downloaded again and replaced once the new copy verifies.
+
+    The transfer streams into ``<path>.part``. When that file exists from an interrupted transfer, the
+    download resumes with an HTTP ``Range`` request; a server that ignores ranges sends the whole file
+    again, which then replaces the part. Dropped connections, timeouts and incomplete bodies are retried
+    up to ``retries`` times (after 1 s, 2 s, 4 s, ...), each time resuming from the bytes received so far.
+    Only a complete, verified file is moved to ``path``, atomically.
+
+    Args:
+        url: what to download.
+        path: where the file goes; missing parent folders are created.
+        checksum: the expected hash, in a form :func:`verify_checksum` accepts; None skips verification.
+        timeout: seconds to wait for the connection and for each read.
+        chunk_size: bytes read and written at a time.
+        retries: how many times a transient failure is retried before giving up.
+        progress: report the share received so far on stderr.
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Raises:
+        ChecksumError: the downloaded file has another hash; the partial file is deleted, nothing is
+            written to ``path``.
+        DatasetError: the server answered with an error, or the transfer still failed after ``retries``
+            retries (the partial file is kept, so calling again resumes it).
+    """
+    if retries < 0:
+        raise ValueError(f"retries={retries}: the number of retries cannot be negative; use retries >= 0")
+    if checksum is not None:
+        _parse_checksum(checksum)  # a malformed checksum fails now, not after a long download
+    path = Path(path)
+    if path.exists() and (checksum is None or _checksum_mismatch(path, checksum) is None):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _fetch(url, part, timeout=timeout, chunk_size=chunk_size, progress=progress)
+            break
+        except (OSError, http.client.HTTPException) as err:
+            if not _is_transient(err):
+                if isinstance(err, urllib.error.URLError):
+                    raise DatasetError(f"downloading {url} failed: {err}; check that the URL is right") from err
+                raise
+            if attempt == retries:
+                received = part.stat().st_size if part.exists() else 0
+                raise DatasetError(
+                    f"downloading {url} failed after {retries + 1} attempts ({type(err).__name__}: {err}). "
+                    f"{part} keeps the {received} bytes received; call again to resume from there."
+                ) from err
+            time.sleep(_RETRY_DELAY_S * 2**attempt)
+    if checksum is not None:
+        mismatch = _checksum_mismatch(part, checksum)
+        if mismatch is not None:
+            part.unlink()
+            raise ChecksumError(
+                f"{url} downloaded to {path}: {mismatch}. The download was deleted; call again to download it "
+                "afresh. If the hashes differ again, the file on the server or the expected checksum has changed."
+            )
+    os.replace(part, path)
+    return path
+
+
+def extract_archive(archive: str | Path, dest_dir: str | Path) -> list[Path]:
+    """Extracts a ``.zip``, ``.tar``, ``.tar.gz``/``.tgz``, ``.tar.bz2`` or ``.tar.xz`` archive, safely and atomically.
+
+    Every member is checked before anything is written: an absolute path, a drive letter, a ``..``
+    component, a symbolic or hard link, or a device or other special file rejects the whole archive.
+    Both ``/`` and ``\\`` count as separators in member names. The members are written into a temporary
+    folder inside ``dest_dir`` and its top-level entries are moved into ``dest_dir`` only once all of
+    them are written, so a failure leaves ``dest_dir`` as it was. A top-level entry that already exists in
+    ``dest_dir`` (say, a folder from an earlier extraction) is deleted first and replaced, so the result
+    holds exactly the archive's content rather than a merge with older files.
+
+    Files are written with default permissions; the archive's modes, owners and times are not restored.
+
+    Args:
+        archive: the archive; its type is told by its name's suffix.
+        dest_dir: the folder to extract into; created if missing.
+
+    Returns:
+        The top-level paths created in ``dest_dir``, sorted.
+
+    Raises:
+        UnsafeArchiveError: a member could write outside ``dest_dir`` or is not a plain file or folder;
+            nothing is written.
+        DatasetError: the archive is missing, of an unknown type, truncated or corrupt; nothing is written.
+    """
+    archive = Path(archive)
+    dest_dir = Path(dest_dir)
+    if not archive.is_file():
+        raise DatasetError(f"{archive}: no such archive; download it first")
+    try:
+        with _archive_members(archive) as members:
+            for member in members:
+                _check_member(archive, member)
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
+            try:
+                for member in members:
+                    _write_member(staging, member)
+                return _move_top_level_entries(staging, dest_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except _CORRUPT_ARCHIVE_ERRORS as err:
+        raise _corrupt_archive_error(archive, err) from err
+    except OSError as err:
+        if err.errno is not None:
+            raise
+        raise _corrupt_archive_error(archive, err) from err
+
+
+def download_and_extract(
+    url: str,
+    root: str | Path,
+    checksum: str | None = None,
+    filename: str | None = None,
+    **download_kwargs: Any,
+) -> list[Path]:
+    """Downloads an archive into ``root`` and extracts it there.
+
+    Args:
+        url: the archive's address.
+        root: the folder that receives both the archive and its content.
+        checksum: the archive's expected hash (see :func:`verify_checksum`); None skips verification.
+        filename: the archive's file name in ``root``; defaults to the last component of the URL's path.
+        **download_kwargs: passed on to :func:`download_url` (``timeout``, ``chunk_size``, ``retries``,
+            ``progress``).
+
+    Returns:
+        The top-level paths extracted into ``root`` (see :func:`extract_archive`).
+    """
+    if filename is None:
+        filename = urllib.parse.unquote(PurePosixPath(urllib.parse.urlsplit(url).path).name)
+        if not filename:
+            raise DatasetError(f"{url}: the URL's path names no file; pass filename=")
+    archive = download_url(url, Path(root) / filename, checksum, **download_kwargs)
+    return extract_archive(archive, root)
+
+
+def _parse_checksum(checksum: str) -> tuple[str, str]:
+    """(algorithm, expected lowercase hex digest) of a checksum string."""
+    algorithm, _, expected = checksum.strip().lower().rpartition(":")
+    if not algorithm:
+        algorithm = next((name for name, digits in _HEX_DIGITS.items() if digits == len(expected)), "")
+    if _HEX_DIGITS.get(algorithm) != len(expected) or not _HEX.fullmatch(expected):
+        raise DatasetError(
+            f"checksum {checksum!r}: expected 'md5:' followed by 32 hex digits, 'sha256:' followed by 64, "
+            "or the bare hex digits of either"
+        )
+    return algorithm, expected
+
+
+def _checksum_mismatch(path: str | Path, checksum: str) -> str | None:
+    """How a file's hash differs from ``checksum``, or None when it matches."""
+    algorithm, expected = _parse_checksum(checksum)
+    actual = file_hash(path, algorithm)
+    return None if actual == expected else f"expected {algorithm} {expected}, got {actual}"
+
+
+def _is_transient(err: OSError | http.client.HTTPException) -> bool:
+    """Whether a failed transfer may succeed when tried again."""
+    if isinstance(err, urllib.error.HTTPError):
+        return err.code in _TRANSIENT_STATUSES
+    if isinstance(err, urllib.error.URLError):
+        # urlopen wraps connection failures (refused, reset, name lookup) in URLError with the OSError as
+        # its reason; a string reason means a malformed URL, which no retry fixes.
+        return isinstance(err.reason, OSError)
+    # OSErrors besides these (a full disk, a permission denied) come from this machine, not the network.
+    return isinstance(err, (ConnectionError, TimeoutError, http.client.HTTPException))
+
+
+def _request(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    """Opens ``url``, asking for the bytes from ``offset`` on when it is positive."""
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, complete length) of a ``Content-Range`` header; None for what it does not state."""
+    match = _CONTENT_RANGE.fullmatch(value.strip()) if value else None
+    if match is None:
+        return None, None
+    start, total = match.groups()
+    return (int(start) if start else None), (int(total) if total.isdigit() else None)
+
+
+def _resume(url: str, part: Path, timeout: float) -> tuple[http.client.HTTPResponse, int] | None:
+    """Opens ``url`` where ``part`` ends.
+
+    Returns:
+        The response and the offset in the file where its body starts (0 when the file comes again from
+        the start), or None when ``part`` already holds the whole file.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    if offset == 0:
+        return _request(url, 0, timeout), 0
+    try:
+        response = _request(url, offset, timeout)
+    except urllib.error.HTTPError as err:
+        if err.code != HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE:
+            raise
+        _, total = _content_range(err.headers.get("Content-Range"))
+        err.close()
+        # 416: the part reaches the end of the file or goes past it. Having exactly the file's length, the
+        # part is complete (the checksum, if any, still decides); longer, or of unknown fit, it is no prefix
+        # of this file, so start over.
+        if total == offset:
+            return None
+        return _request(url, 0, timeout), 0
+    if response.status != HTTPStatus.PARTIAL_CONTENT:
+        return response, 0  # the server ignores ranges and sends the whole file
+    start, _ = _content_range(response.headers.get("Content-Range"))
+    if start != offset:
+        response.close()
+        return _request(url, 0, timeout), 0
+    return response, offset
+
+
+def _fetch(url: str, part: Path, *, timeout: float, chunk_size: int, progress: bool) -> None:
+    """Brings ``part`` to the whole content of ``url``, keeping what it already holds where the server allows.
+
+    Raises:
+        ConnectionError: the connection ended before the announced length; ``part`` keeps every byte
+            received.
+    """
+    opened = _resume(url, part, timeout)
+    if opened is None:
+        return
+    response, offset = opened
+    with response, part.open("ab" if offset else "wb") as out:
+        # HTTPResponse.read(n) returns b"" when the connection ends early instead of raising, so the
+        # announced length is checked below.
+        length = response.length
+        report = _ProgressReport(part.name.removesuffix(".part"), offset, length) if progress else None
+        received = 0
+        while chunk := response.read(chunk_size):
+            out.write(chunk)
+            received += len(chunk)
+            if report is not None:
+                report.update(len(chunk))
+    if length is not None and received < length:
+        raise ConnectionError(f"the connection closed after {received} of the {length} bytes sent from byte {offset}")
+
+
+class _ProgressReport:
+    """Prints how much of a download has arrived to stderr, about every 5% (every 16 MiB if the size is unknown).
+
+    Args:
+        name: what is downloaded, printed on each line.
+        done: bytes already there (from an earlier, interrupted transfer).
+        remaining: bytes this transfer will bring, if the server said.
+    """
+
+    def __init__(self, name: str, done: int, remaining: int | None) -> None:
+        self._name = name
+        self._done = done
+        self._total = None if remaining is None else done + remaining
+        self._step = max(self._total // 20, 1) if self._total else _PROGRESS_STEP_UNKNOWN_SIZE
+        self._next = (done // self._step + 1) * self._step
+
+    def update(self, received: int) -> None:
+        """Counts ``received`` more bytes and prints a line when another step is complete."""
+        self._done += received
+        if self._done < self._next and self._done != self._total:
+            return
+        self._next = (self._done // self._step + 1) * self._step
+        mib = self._done / (1 << 20)
+        if self._total:
+            line = (
+                f"{self._name}: {100 * self._done // self._total:3d}% ({mib:.1f} of {self._total / (1 << 20):.1f} MiB)"
+            )
+        else:
+            line = f"{self._name}: {mib:.1f} MiB"
+        print(line, file=sys.stderr, flush=True)
+
+
+class _Member(NamedTuple):
+    """An archive member: its name, its kind (``"file"``, ``"folder"`` or what else it is) and how to read it."""
+
+    name: str
+    kind: str
+    open: Callable[[], IO[bytes]]
+
+
+@contextlib.contextmanager
+def _archive_members(archive: Path) -> Iterator[list[_Member]]:
+    """The members of a zip or tar archive, readable while the context is open."""
+    name = archive.name.lower()
+    if name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zip_file:
+            yield [
+                _Member(info.filename, _zip_kind(info), functools.partial(zip_file.open, info))
+                for info in zip_file.infolist()
+            ]
+    elif name.endswith(_TAR_SUFFIXES):
+        # "r:*" detects the compression from the content, whatever the suffix claims.
+        with tarfile.open(archive, "r:*") as tar_file:
+            yield [
+                _Member(info.name, _tar_kind(info), functools.partial(_tar_open, tar_file, info))
+                for info in tar_file.getmembers()
+            ]
+    else:
+        raise DatasetError(
+            f"{archive}: unknown archive type; expected a name ending in .zip or {', '.join(_TAR_SUFFIXES)}"
+        )
+
+
+def _zip_kind(info: zipfile.ZipInfo) -> str:
+    # Zips made on Unix keep the file's st_mode in the high 16 bits of external_attr; others leave them 0.
+    file_type = stat.S_IFMT(info.external_attr >> 16)
+    if file_type == stat.S_IFLNK:
+        return "symbolic link"
+    if file_type not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "special file"
+    return "folder" if info.is_dir() else "file"
+
+
+def _tar_kind(info: tarfile.TarInfo) -> str:
+    if info.isfile():
+        return "file"
+    if info.isdir():
+        return "folder"
+    if info.issym():
+        return "symbolic link"
+    if info.islnk():
+        return "hard link"
+    return "device file" if info.isdev() else "special file"
+
+
+def _tar_open(tar_file: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:
+    source = tar_file.extractfile(info)
+    assert source is not None, "extractfile returns None only for members that are not files"
+    return source
+
+
+def _member_parts(name: str) -> list[str]:
+    """The path components of a member name, splitting on both separators and dropping empty and ``.`` ones."""
+    return [part for part in re.split(r"[\\/]", name) if part not in ("", ".")]
+
+
+def _check_member(archive: Path, member: _Member) -> None:
+    """Raises UnsafeArchiveError unless ``member`` is a plain file or folder that stays inside the extraction."""
+    name = member.name
+    windows_path = PureWindowsPath(name)
+    if member.kind not in ("file", "folder"):
+        problem = f"is a {member.kind}"
+    elif name.startswith(("/", "\\")) or windows_path.root:
+        problem = "has an absolute path"
+    elif windows_path.drive:
+        problem = "has a drive letter"
+    elif ".." in _member_parts(name):
+        problem = "has a '..' component"
+    else:
+        return
+    raise UnsafeArchiveError(
+        f"{archive}: member {name!r} {problem}, which could write outside the extraction folder; nothing was "
+        "extracted. Delete the archive and download it again from a trusted source."
+    )
+
+
+def _write_member(staging: Path, member: _Member) -> None:
+    parts = _member_parts(member.name)
+    if not parts:  # the archive's own root, such as "./" in a tar made with `tar -C folder .`
+        return
+    target = staging.joinpath(*parts)
+    if member.kind == "folder":
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with member.open() as source, target.open("wb") as out:
+        shutil.copyfileobj(source, out)
+
+
+def _move_top_level_entries(staging: Path, dest_dir: Path) -> list[Path]:
+    created = []
+    for entry in sorted(staging.iterdir()):
+        target = dest_dir / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(entry, target)
+        created.append(target)
+    return created
+
+
+def _corrupt_archive_error(archive: Path, err: BaseException) -> DatasetError:
+    return DatasetError(
+        f"{archive} is corrupt or incomplete ({type(err).__name__}: {err}); nothing was extracted. "
+        "Delete it and download it again."
+    )
