@@ -1,0 +1,394 @@
+"""Omniglot from a tiny generated release in the original layout, and checks on the real one."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import os
+import shutil
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from lit_meta.data.datasets import DATASETS, Omniglot, build_dataset
+from lit_meta.data.datasets import omniglot as omniglot_module
+from lit_meta.data.episode import EpisodeDataset
+from lit_meta.data.sampler import EpisodeSampler, EpisodeShape
+from lit_meta.errors import ChecksumError, DatasetError
+from tests.conftest import omniglot_dir
+
+# Alphabet -> number of characters; ids count up from 0001 through both sets, as in the release.
+BACKGROUND = {"Arcadian": 3, "Tagalog": 2, "Blackfoot_(Canadian_Aboriginal_Syllabics)": 1}
+EVALUATION = {"Angelic": 3, "ULOG": 2}
+DRAWERS = 3
+NUM_CHARACTERS = sum(BACKGROUND.values()) + sum(EVALUATION.values())
+
+
+def _drawing_png(char_id: int, drawer: int) -> bytes:
+    """A 105x105 1-bit PNG, black ink on white, asymmetric and different for every drawing."""
+    image = Image.new("1", (105, 105), color=1)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((8, 8, 30 + 3 * char_id, 20 + 2 * drawer), fill=0)
+    draw.line((60, 70, 95, 70 + char_id), fill=0, width=4)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_set(path: Path, name: str, alphabets: dict[str, int], first_id: int, broken: str | None = None) -> int:
+    """Write one set's zip in the original layout; ``broken`` names a member to fill with garbage."""
+    char_id = first_id
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{name}/", b"")
+        for alphabet, count in alphabets.items():
+            archive.writestr(f"{name}/{alphabet}/", b"")
+            for number in range(1, count + 1):
+                folder = f"{name}/{alphabet}/character{number:02d}"
+                archive.writestr(f"{folder}/", b"")
+                for drawer in range(1, DRAWERS + 1):
+                    member = f"{folder}/{char_id:04d}_{drawer:02d}.png"
+                    archive.writestr(member, b"not a png" if member == broken else _drawing_png(char_id, drawer))
+                char_id += 1
+    return char_id
+
+
+def make_release(folder: Path, broken: str | None = None) -> Path:
+    """Both zips of a tiny release in ``folder``; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    next_id = _write_set(folder / "images_background.zip", "images_background", BACKGROUND, 1, broken)
+    _write_set(folder / "images_evaluation.zip", "images_evaluation", EVALUATION, next_id, broken)
+    return folder
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    make_release(tmp_path / "data" / "omniglot")
+    return tmp_path / "data"
+
+
+def _omniglot(root: Path, **kwargs) -> Omniglot:
+    return Omniglot(root, download=False, **kwargs)
+
+
+def test_registered() -> None:
+    assert DATASETS["omniglot"] is Omniglot
+    assert isinstance(build_dataset("omniglot", root="somewhere"), Omniglot)
+
+
+def test_characters_drawings_and_ink(root: Path) -> None:
+    characters = _omniglot(root).characters
+    assert characters.num_classes == NUM_CHARACTERS
+    assert len(characters) == NUM_CHARACTERS * DRAWERS
+    assert characters.class_sizes.tolist() == [DRAWERS] * NUM_CHARACTERS
+    assert characters.class_ids.tolist() == list(range(NUM_CHARACTERS))  # global id - 1
+    assert characters.class_names[:4] == [
+        "Arcadian/character01",
+        "Arcadian/character02",
+        "Arcadian/character03",
+        "Tagalog/character01",
+    ]
+    assert characters.data.dtype == torch.uint8
+    assert characters.data.shape == (NUM_CHARACTERS * DRAWERS, 1, 28, 28)
+    first = characters.data[0, 0]
+    assert first[0, 0] == 0, "background must be dark"
+    assert first[4, 4] > 200, "ink must be bright"
+    # Drawings are in drawer order: the rectangle grows with the drawer number.
+    ink = characters.data[:DRAWERS].float().sum(dim=(1, 2, 3))
+    assert torch.all(ink[1:] > ink[:-1])
+
+
+@pytest.mark.parametrize(
+    ("scheme", "sizes"),
+    [("vinyals", {"train": 7, "val": 1, "test": 3}), ("lake", {"train": 3, "val": 3, "test": 5})],
+)
+def test_splits_are_disjoint_by_character(root: Path, scheme: str, sizes: dict[str, int]) -> None:
+    omniglot = _omniglot(root, split=scheme)
+    characters: dict[str, set[int]] = {}
+    for name, size in sizes.items():
+        split = omniglot.split(name)
+        assert split.num_classes == 4 * size
+        assert len(split) == 4 * size * DRAWERS
+        characters[name] = set((split.class_ids // 4).tolist())
+        assert len(characters[name]) == size
+        assert len(set(split.class_ids.tolist())) == split.num_classes
+    assert not characters["train"] & characters["val"]
+    assert not characters["train"] & characters["test"]
+    assert not characters["val"] & characters["test"]
+    assert set.union(*characters.values()) == set(range(NUM_CHARACTERS))
+
+
+def test_lake_split_follows_sets_and_alphabets(root: Path) -> None:
+    omniglot = _omniglot(root, split="lake", rotations=(0,))
+    names = {name: omniglot.split(name).class_names for name in ("train", "val", "test")}
+    assert {n.split("/")[0] for n in names["train"]} == {"Arcadian"}
+    assert {n.split("/")[0] for n in names["val"]} == {"Tagalog", "Blackfoot_(Canadian_Aboriginal_Syllabics)"}
+    assert {n.split("/")[0] for n in names["test"]} == set(EVALUATION)
+
+
+def test_vinyals_split_is_fixed(root: Path) -> None:
+    first = _omniglot(root).split_classes()
+    second = _omniglot(root).split_classes()
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(first[name], second[name])
+
+
+@pytest.mark.parametrize("precompute_rotations", [True, False])
+def test_rotations_are_new_classes_of_rotated_pixels(root: Path, precompute_rotations: bool) -> None:
+    rotated = _omniglot(root, precompute_rotations=precompute_rotations).split("train")
+    plain = _omniglot(root, rotations=(0,)).split("train")
+    assert plain.num_classes * 4 == rotated.num_classes
+    np.testing.assert_array_equal(rotated.class_ids, (plain.class_ids[:, None] * 4 + np.arange(4)).reshape(-1))
+    for quarter_turns in range(4):
+        items = rotated.load(np.flatnonzero(rotated.labels % 4 == quarter_turns))
+        expected = torch.rot90(plain.load(np.arange(len(plain))), quarter_turns, dims=(-2, -1))
+        torch.testing.assert_close(items, expected)
+        if quarter_turns:
+            assert not torch.equal(items, plain.load(np.arange(len(plain))))
+    assert rotated.class_names[1].endswith("/rot90")
+
+
+@pytest.mark.parametrize("rotations", [(0,), (0, 90, 180, 270)])
+def test_transform_applies_to_split_items(root: Path, rotations: tuple[int, ...]) -> None:
+    split = _omniglot(root, rotations=rotations, transform=lambda x: torch.full_like(x, 0.5)).split("test")
+    assert torch.all(split.load(np.arange(4)) == 0.5)
+
+
+def test_episodes_from_a_split(root: Path) -> None:
+    split = _omniglot(root).split("train")
+    sampler = EpisodeSampler(split, EpisodeShape(ways=5, shots=1, queries=2), num_episodes=3)
+    episode = EpisodeDataset(split)[next(iter(sampler))]
+    assert episode.support_x.shape == (5, 1, 28, 28)
+    assert episode.query_x.shape == (10, 1, 28, 28)
+
+
+def test_image_size(root: Path) -> None:
+    assert _omniglot(root, image_size=14).split("val").load(np.arange(2)).shape == (2, 1, 14, 14)
+
+
+def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+
+    def decode(data: bytes, *args, name: str = "", **kwargs):
+        calls.append(name)
+        raise AssertionError(f"decoded {name} although a cache should have been used")
+
+    monkeypatch.setattr(omniglot_module, "decode_image", decode)
+    return calls
+
+
+def test_cache_is_reused_and_keyed(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _omniglot(root).characters
+    cache = root / "omniglot" / "omniglot_28px.npz"
+    assert cache.is_file()
+    calls = _forbid_decoding(monkeypatch)
+    second = _omniglot(root).characters
+    assert not calls
+    torch.testing.assert_close(first.data, second.data)
+    assert first.class_names == second.class_names
+    np.testing.assert_array_equal(first.labels, second.labels)
+    np.testing.assert_array_equal(first.class_ids, second.class_ids)
+    with pytest.raises(AssertionError, match="decoded"):
+        _omniglot(root, image_size=20).characters  # another size: not in the cache
+    source = root / "omniglot" / "images_evaluation.zip"
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="decoded"):
+        _omniglot(root).characters  # changed source: the cache is stale
+
+
+def test_cache_dir_and_cache_off(root: Path, tmp_path: Path) -> None:
+    _omniglot(root, cache_dir=tmp_path / "cache").characters
+    assert (tmp_path / "cache" / "omniglot_28px.npz").is_file()
+    assert not (root / "omniglot" / "omniglot_28px.npz").exists()
+    _omniglot(root, cache=False).characters
+    assert not (root / "omniglot" / "omniglot_28px.npz").exists()
+
+
+def test_unreadable_cache_is_rebuilt(root: Path) -> None:
+    cache = root / "omniglot" / "omniglot_28px.npz"
+    cache.write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable Omniglot cache"):
+        characters = _omniglot(root).characters
+    assert characters.num_classes == NUM_CHARACTERS
+    assert _omniglot(root).characters.num_classes == NUM_CHARACTERS  # rewritten, no warning
+
+
+def test_extracted_folders_and_files_directly_in_root(root: Path, tmp_path: Path) -> None:
+    expected = _omniglot(root, cache=False).characters
+    extracted = tmp_path / "extracted"
+    for name in ("images_background", "images_evaluation"):
+        with zipfile.ZipFile(root / "omniglot" / f"{name}.zip") as archive:
+            archive.extractall(extracted / "omniglot")
+    (extracted / "omniglot" / "images_background" / ".DS_Store").write_bytes(b"ignored")
+    from_folders = _omniglot(extracted).characters
+    torch.testing.assert_close(from_folders.data, expected.data)
+    assert from_folders.class_names == expected.class_names
+    direct = _omniglot(root / "omniglot", cache=False).characters  # root is the folder holding the zips
+    torch.testing.assert_close(direct.data, expected.data)
+
+
+def test_missing_files_name_the_paths_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="download=True") as info:
+        _omniglot(tmp_path).split("train")
+    assert str(tmp_path / "omniglot" / "images_background.zip") in str(info.value)
+    assert str(tmp_path / "omniglot" / "images_evaluation.zip") in str(info.value)
+    with pytest.raises(DatasetError, match="images_evaluation"):
+        _omniglot(tmp_path).prepare()
+
+
+def test_corrupt_zip_is_named(root: Path) -> None:
+    archive = root / "omniglot" / "images_background.zip"
+    archive.write_bytes(b"this is not a zip")
+    with pytest.raises(DatasetError, match="not a readable zip archive") as info:
+        _omniglot(root).characters
+    assert str(archive) in str(info.value)
+
+
+def test_damaged_member_is_named(root: Path) -> None:
+    archive = root / "omniglot" / "images_evaluation.zip"
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(".png"))
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    data[start : start + 8] = bytes(8)  # clobber the compressed stream: a CRC or zlib error on read
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match="corrupt") as error:
+        _omniglot(root).characters
+    assert info.filename in str(error.value)
+
+
+def test_unreadable_png_is_named(tmp_path: Path) -> None:
+    member = "images_evaluation/ULOG/character02/0011_02.png"
+    make_release(tmp_path / "omniglot", broken=member)
+    with pytest.raises(DatasetError, match="cannot decode image") as info:
+        _omniglot(tmp_path).characters
+    assert f"images_evaluation.zip::{member}" in str(info.value)
+
+
+def test_unknown_split_scheme(root: Path) -> None:
+    with pytest.raises(DatasetError, match="vinyals"):
+        Omniglot(root, split="random")  # type: ignore[arg-type]
+
+
+# -- download -------------------------------------------------------------------------------
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A loopback HTTP server of a generated release: (base URL, served folder)."""
+    served = make_release(tmp_path / "served")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(served)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", served
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def _resources(served: Path, checksums: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    resources = {}
+    for name, (url, _) in Omniglot.resources.items():
+        md5 = hashlib.md5((served / f"{name}.zip").read_bytes()).hexdigest()
+        resources[name] = (url, (checksums or {}).get(name, f"md5:{md5}"))
+    return resources
+
+
+def test_prepare_downloads_from_mirror(
+    server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, served = server
+    (served / "files").mkdir()
+    for name in ("images_background", "images_evaluation"):
+        shutil.copy(served / f"{name}.zip", served / "files" / f"{name}.zip")
+    monkeypatch.setattr(Omniglot, "resources", _resources(served))
+    omniglot = Omniglot(tmp_path / "data", mirror=f"{base}/files/")  # the zip's name is appended
+    omniglot.prepare()
+    for name in ("images_background", "images_evaluation"):
+        assert (tmp_path / "data" / "omniglot" / f"{name}.zip").read_bytes() == (served / f"{name}.zip").read_bytes()
+    assert omniglot.characters.num_classes == NUM_CHARACTERS
+    # Present files are neither re-checked nor fetched again, even from a mirror that is gone.
+    monkeypatch.setattr(Omniglot, "resources", _resources(served, {"images_background": "md5:" + "0" * 32}))
+    Omniglot(tmp_path / "data", mirror="http://127.0.0.1:9/none").prepare()
+
+
+def test_split_downloads_when_absent(server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served = server
+    monkeypatch.setattr(Omniglot, "resources", _resources(served))
+    split = Omniglot(tmp_path / "data", mirror=base).split("test")
+    assert split.num_classes == 4 * 3
+
+
+def test_download_checksum_mismatch(server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served = server
+    monkeypatch.setattr(Omniglot, "resources", _resources(served, {"images_evaluation": "md5:" + "0" * 32}))
+    with pytest.raises(ChecksumError):
+        Omniglot(tmp_path / "data", mirror=base).prepare()
+    assert not (tmp_path / "data" / "omniglot" / "images_evaluation.zip").exists()
+
+
+# -- the real release -----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def real_omniglot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Omniglot:
+    """The real release. Its decoded cache persists in pytest's cache folder (a cold decode
+    takes ~10 s on 2 cores), or lives for the session when the cache plugin is off."""
+    folder = omniglot_dir()
+    if not all((folder / f"{name}.zip").is_file() for name in Omniglot.resources):
+        pytest.skip(f"the real Omniglot zips are not in {folder}; set LIT_META_OMNIGLOT to their folder")
+    pytest_cache = getattr(request.config, "cache", None)
+    cache_dir = pytest_cache.mkdir("lit_meta_omniglot") if pytest_cache is not None else None
+    return Omniglot(folder, download=False, cache_dir=cache_dir or tmp_path_factory.mktemp("omniglot_cache"))
+
+
+def test_real_release(real_omniglot: Omniglot) -> None:
+    characters = real_omniglot.characters
+    assert characters.num_classes == 1623
+    assert characters.class_sizes.tolist() == [20] * 1623
+    assert characters.class_ids.tolist() == list(range(1623))
+    assert int((characters.class_ids < 964).sum()) == 964
+    assert len({name.split("/")[0] for name in characters.class_names}) == 50
+    assert characters.data.shape == (32460, 1, 28, 28)
+    # Ink bright: the background (most pixels) is 0, strokes are up to 255.
+    assert float((characters.data == 0).float().mean()) > 0.5
+    assert int(characters.data.max()) == 255
+    assert characters.class_names[0] == "Arcadian/character01"
+    assert characters.class_names[964] == "Angelic/character01"
+
+
+@pytest.mark.parametrize(("scheme", "sizes"), [("vinyals", (1028, 172, 423)), ("lake", (883, 81, 659))])
+def test_real_splits(real_omniglot: Omniglot, scheme: str, sizes: tuple[int, int, int]) -> None:
+    real_omniglot.characters  # decoded once into the shared cache
+    omniglot = Omniglot(real_omniglot.root, split=scheme, download=False, cache_dir=real_omniglot.cache_dir)
+    seen: set[int] = set()
+    for name, size in zip(("train", "val", "test"), sizes, strict=True):
+        split = omniglot.split(name)
+        assert split.num_classes == 4 * size
+        assert len(split) == 4 * size * 20
+        chars = set((split.class_ids // 4).tolist())
+        assert len(chars) == size
+        assert not chars & seen
+        seen |= chars
+    if scheme == "lake":
+        assert (omniglot.split("test").class_ids // 4).min() == 964
+
+
+def test_real_cache_loads_fast(real_omniglot: Omniglot) -> None:
+    real_omniglot.characters  # the cold decode, if no other test did it
+    start = time.perf_counter()
+    cached = Omniglot(real_omniglot.root, download=False, cache_dir=real_omniglot.cache_dir).characters
+    assert time.perf_counter() - start < 2.0
+    torch.testing.assert_close(cached.data, real_omniglot.characters.data)
