@@ -12,11 +12,17 @@ from lit_meta.data.datasets.base import (
     TaskDistribution,
     TensorClassDataset,
 )
+from lit_meta.data.datasets.glyphs import ProceduralGlyphs
+from lit_meta.data.datasets.image_folder import ImageFolder
+from lit_meta.data.datasets.omniglot import Omniglot
 from lit_meta.data.datasets.sinusoid import Sinusoid, SinusoidTasks
 from lit_meta.errors import DatasetError
 
 DATASETS: dict[str, type[MetaDataset]] = {
     "sinusoid": Sinusoid,
+    "omniglot": Omniglot,
+    "image_folder": ImageFolder,
+    "glyphs": ProceduralGlyphs,
 }
 """Registered dataset families by name, as accepted by :func:`build_dataset`."""
 
@@ -40,7 +46,10 @@ __all__ = [
     "DATASETS",
     "ClassIndexedDataset",
     "ClassSubset",
+    "ImageFolder",
     "MetaDataset",
+    "Omniglot",
+    "ProceduralGlyphs",
     "RotatedClasses",
     "Sinusoid",
     "SinusoidTasks",
