@@ -25,3 +25,7 @@ class ChecksumError(DatasetError):
 
 class UnsafeArchiveError(DatasetError):
     """An archive member that would be written outside the extraction folder."""
+
+
+class NonFiniteLossError(LitMetaError, FloatingPointError):
+    """An inner-loop loss that became NaN or infinite, usually from too high an inner learning rate."""

@@ -1,0 +1,62 @@
+"""Conv-4, the four-block convolutional network of the few-shot literature."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """``conv3x3 (padding 1) -> BatchNorm2d -> ReLU -> maxpool 2``: halves height and width."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """Four blocks of ``conv3x3 -> BatchNorm -> ReLU -> maxpool 2``, then flatten and an optional linear head.
+
+    The embedding network of Matching Networks (Vinyals et al., 2016, "Matching
+    Networks for One Shot Learning", NeurIPS) and the classifier of MAML (Finn,
+    Abbeel & Levine, 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of
+    Deep Networks", ICML), which uses ``hidden_channels=32`` on miniImageNet to
+    limit overfitting. Each block halves the image (flooring), so 28x28 inputs
+    give ``64 x 1 x 1 = 64`` features and 84x84 inputs ``64 x 5 x 5 = 1600``.
+
+    Args:
+        in_channels: channels of the input images (1 for Omniglot, 3 for RGB).
+        out_features: outputs of the linear head (the number of ways), or ``None``
+            for no head: the network then returns the flattened embedding, as
+            metric learners (Prototypical, Matching Networks) need.
+        hidden_channels: channels of every convolution.
+        image_size: height and width of the (square) input, used to size the head.
+
+    Attributes:
+        embedding_dim: size of the flattened embedding that feeds the head.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_features: int | None = 5,
+        hidden_channels: int = 64,
+        image_size: int = 28,
+    ) -> None:
+        super().__init__()
+        if image_size < 16:
+            raise ValueError(f"Conv4 halves the image four times and needs image_size >= 16, got {image_size}")
+        self.features = nn.Sequential(
+            conv_block(in_channels, hidden_channels),
+            *(conv_block(hidden_channels, hidden_channels) for _ in range(3)),
+            nn.Flatten(),
+        )
+        side = image_size // 16
+        self.embedding_dim = hidden_channels * side * side
+        self.out_features = out_features
+        self.head: nn.Module = nn.Identity() if out_features is None else nn.Linear(self.embedding_dim, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[batch, in_channels, image_size, image_size] -> [batch, out_features or embedding_dim]``."""
+        return self.head(self.features(x))

@@ -1,0 +1,33 @@
+"""Conv4: output shapes, embedding size and parameter counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_meta.backbones import Conv4
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "image_size", "embedding_dim"),
+    [(1, 28, 64), (3, 84, 1600)],
+    ids=["omniglot_28x28x1", "miniimagenet_84x84x3"],
+)
+@pytest.mark.parametrize("out_features", [5, None], ids=["head", "embedding"])
+def test_output_shape(in_channels, image_size, embedding_dim, out_features):
+    net = Conv4(in_channels=in_channels, out_features=out_features, image_size=image_size)
+    out = net(torch.randn(2, in_channels, image_size, image_size))
+    assert net.embedding_dim == embedding_dim
+    assert out.shape == (2, out_features or embedding_dim)
+
+
+def test_parameter_counts():
+    # 4 convs (640 + 3 x 36,928) + 4 BatchNorms (4 x 128) + head (64 x 5 + 5)
+    assert sum(p.numel() for p in Conv4(1, 5).parameters()) == 112_261
+    # the MAML miniImageNet variant: 32 channels, 32 x 5 x 5 = 800 features
+    assert sum(p.numel() for p in Conv4(3, 5, hidden_channels=32, image_size=84).parameters()) == 32_901
+
+
+def test_too_small_images_are_refused():
+    with pytest.raises(ValueError, match=r"image_size >= 16, got 8"):
+        Conv4(image_size=8)
