@@ -36,6 +36,16 @@ class TinyImages(MetaDataset):
         return self.family.subset(self.classes[name])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs single-threaded: its tensors are tiny, and a second intra-op thread
+    only adds synchronisation, which costs milliseconds per op on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_images() -> TinyImages:
     return TinyImages()

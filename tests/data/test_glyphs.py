@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -21,15 +20,6 @@ from lit_meta.data.sampler import EpisodeSampler, EpisodeShape
 from lit_meta.errors import DatasetError
 
 BENCHMARK = Path(__file__).parents[2] / "benchmarks" / "glyphs_difficulty.py"
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small tensors run fastest on one thread, and much faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,311 @@
+"""MAML and first-order MAML, with the options of MAML++."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+
+from lit_meta.data.episode import EpisodeBatch
+from lit_meta.functional import (
+    StepSize,
+    adaptable_parameters,
+    batched_task_loss,
+    check_finite_losses,
+    functional_forward,
+    head_parameter_names,
+    task_buffers,
+    task_loss,
+)
+from lit_meta.functional import (
+    adapt as adapt_parameters,
+)
+from lit_meta.learners.base import MetaLearner, TaskModel, loss_with_gradients
+
+Execution = Literal["auto", "loop", "vmap"]
+
+
+class MAML(MetaLearner):
+    """Model-Agnostic Meta-Learning (Finn, Abbeel & Levine, 2017, ICML, arXiv:1703.03400).
+
+    Learns an initialisation from which ``inner_steps`` steps of SGD with rate
+    ``inner_lr`` on a task's support set fit its query set. The meta-gradient
+    flows through the inner updates (second order); ``first_order=True`` drops
+    the second-order terms (FOMAML, same paper, Section 5.2).
+
+    Paper setups (Finn et al., 2017, Section 5 and Appendix A.1):
+
+    * Omniglot 5-way 1-shot: Conv4 (64 filters), ``inner_lr=0.4``, ``inner_steps=1``,
+      meta-batch 32, Adam ``meta_lr=1e-3``, 60,000 iterations, 3 test steps.
+    * miniImageNet 5-way 1-shot: Conv4 (32 filters), ``inner_lr=0.01``, 5 steps
+      (10 at test), meta-batch 4, 60,000 iterations.
+    * Sinusoid: MLP 40-40, ``inner_lr=0.01``, 1 step, meta-batch 25, K=10.
+
+    MAML++ options (Antoniou, Edwards & Storkey, 2019, "How to train your MAML",
+    ICLR): ``learn_inner_lr`` learns one rate per parameter tensor and inner
+    step (LSLR); ``multi_step_loss_steps`` > 0 scores the query set after every
+    inner step, with weights annealed towards the last step over that many
+    training steps (MSL); ``first_order_steps`` trains first-order for that many
+    steps, then second-order (derivative-order annealing); ``lr_schedule="cosine"``
+    anneals the outer rate.
+
+    BatchNorm uses each task's batch statistics in the inner and outer loop and
+    at evaluation (the paper's setting); running statistics are never used
+    nor updated.
+
+    Args:
+        backbone: the network; its output size must equal the episodes' ways.
+        inner_lr: inner-loop SGD step size (the initial value when learned).
+        inner_steps: inner steps during meta-training.
+        eval_inner_steps: inner steps at validation, test and predict (default ``inner_steps``).
+        first_order: first-order approximation (FOMAML).
+        adapt: which parameters the inner loop updates: ``"all"``, ``"head"`` (the
+            last ``nn.Linear``; ANIL) or a list of parameter names / module prefixes.
+        learn_inner_lr: learn a step size per parameter tensor and step (MAML++ LSLR).
+        multi_step_loss_steps: training steps over which MAML++'s multi-step loss
+            anneals to the last step's loss; 0 disables it.
+        first_order_steps: training steps taken first-order before switching to
+            second order (MAML++ derivative-order annealing).
+        execution: ``"loop"`` adapts one task after another with a backward per
+            task (the reference; lowest memory); ``"vmap"`` adapts all tasks of a
+            meta-batch at once with ``torch.func.vmap``; ``"auto"`` picks the
+            path measured fastest for the device (the loop on CPU, see
+            ``benchmarks/maml_step.py``).
+        meta_lr, meta_optimizer, weight_decay, lr_schedule: see :class:`MetaLearner`.
+    """
+
+    adapts_with_gradients = True
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        adapt: Literal["all", "head"] | list[str] = "all",
+        learn_inner_lr: bool = False,
+        multi_step_loss_steps: int = 0,
+        first_order_steps: int = 0,
+        execution: Execution = "auto",
+        meta_lr: float = 1e-3,
+        meta_optimizer: Literal["adam", "sgd"] = "adam",
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+    ) -> None:
+        super().__init__(backbone, meta_lr, meta_optimizer, weight_decay, lr_schedule)
+        if inner_steps < 1 or (eval_inner_steps is not None and eval_inner_steps < 1):
+            raise ValueError(f"inner_steps={inner_steps}, eval_inner_steps={eval_inner_steps}: take at least one step")
+        if inner_lr <= 0:
+            raise ValueError(f"inner_lr={inner_lr}: the inner step size must be positive")
+        self.adapt_names = self._select_adapted(adapt)
+        self._measured_path: Literal["loop", "vmap"] | None = None
+        self.inner_lrs = self._make_inner_lrs()
+
+    # -- configuration ------------------------------------------------------------------------
+    def _select_adapted(self, adapt: Literal["all", "head"] | list[str]) -> list[str]:
+        if adapt == "all":
+            return list(adaptable_parameters(self.backbone))
+        if adapt == "head":
+            return head_parameter_names(self.backbone)
+        return list(adaptable_parameters(self.backbone, adapt))
+
+    def _make_inner_lrs(self) -> nn.ParameterList | None:
+        """Learned step sizes (LSLR): one scalar per adapted tensor per step, or ``None``."""
+        if not self.hparams.learn_inner_lr:
+            return None
+        steps = max(self.hparams.inner_steps, self.hparams.eval_inner_steps or 0)
+        return nn.ParameterList(
+            [nn.Parameter(torch.full((len(self.adapt_names),), float(self.hparams.inner_lr))) for _ in range(steps)]
+        )
+
+    def step_sizes(self, steps: int) -> StepSize | Sequence[StepSize]:
+        """The inner step sizes for ``steps`` steps, as :func:`lit_meta.functional.adapt` takes them."""
+        if self.inner_lrs is None:
+            return self.hparams.inner_lr
+        # Learned rates beyond the trained steps reuse the last one.
+        rates = [self.inner_lrs[min(s, len(self.inner_lrs) - 1)] for s in range(steps)]
+        return [dict(zip(self.adapt_names, r.unbind(), strict=True)) for r in rates]
+
+    def buffers_for_adaptation(self) -> dict[str, Tensor | None]:
+        return task_buffers(self.backbone)
+
+    @property
+    def training_first_order(self) -> bool:
+        return self.hparams.first_order or self.global_step < self.hparams.first_order_steps
+
+    def execution_path(self, batch: EpisodeBatch) -> Literal["loop", "vmap"]:
+        """The path meta-training takes: the configured one, or for ``"auto"`` the one
+        measured faster on the first training batch (and kept for the run)."""
+        if self.hparams.execution != "auto":
+            return self.hparams.execution
+        if self._measured_path is None:
+            self._measured_path = self._measure_paths(batch)
+        return self._measured_path
+
+    def _measure_paths(self, batch: EpisodeBatch) -> Literal["loop", "vmap"]:
+        """Times one meta-gradient on each path (after a warm-up call) and returns the faster.
+
+        Which path wins depends on the network and the device: on a 2-core CPU
+        vmap is ~3x slower for Conv4 (per-task weights make convolutions
+        grouped) but ~8x faster for the sinusoid MLP (``benchmarks/maml_step.py``).
+        A path that runs out of memory loses. Under DDP rank 0's choice is used everywhere.
+        """
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        timings: dict[str, float] = {}
+        for path in ("loop", "vmap"):
+            try:
+                for _ in range(2):  # the first call warms up kernels and allocator
+                    start = time.perf_counter()
+                    loss = self._meta_loss(batch, path)
+                    torch.autograd.grad(loss, trainable, allow_unused=True)
+                    if batch.support_x.is_cuda:
+                        torch.cuda.synchronize(batch.support_x.device)
+                    timings[path] = time.perf_counter() - start
+            except torch.OutOfMemoryError:
+                timings[path] = math.inf
+        choice: Literal["loop", "vmap"] = "vmap" if timings["vmap"] < timings["loop"] else "loop"
+        if self._trainer is not None:
+            choice = self.trainer.strategy.broadcast(choice)
+        rank_zero_info(
+            f"{type(self).__name__}: meta-training on the {choice} path "
+            f"(measured per step: loop {timings['loop']:.3f} s, vmap {timings['vmap']:.3f} s)"
+        )
+        return choice
+
+    # -- the learner's hooks ------------------------------------------------------------------
+    def meta_loss(self, batch: EpisodeBatch) -> Tensor:
+        """Mean query loss after adaptation over the tasks of ``batch``.
+
+        On the loop path the meta-gradient of each task is taken right after its
+        forward pass and the task's graph freed, so memory stays that of one
+        task; the returned tensor carries the summed gradient for the Trainer's
+        backward (see :func:`~lit_meta.learners.base.loss_with_gradients`).
+        """
+        if self.hparams.multi_step_loss_steps > 0:
+            return self._multi_step_meta_loss(batch)
+        return self._meta_loss(batch, self.execution_path(batch))
+
+    def _meta_loss(self, batch: EpisodeBatch, path: Literal["loop", "vmap"]) -> Tensor:
+        params = adaptable_parameters(self.backbone)
+        buffers = self.buffers_for_adaptation()
+        steps = self.hparams.inner_steps
+        common = dict(
+            steps=steps,
+            step_size=self.step_sizes(steps),
+            first_order=self.training_first_order,
+            adapt_names=self.adapt_names,
+        )
+        if path == "vmap":
+            result = batched_task_loss(
+                self.backbone, params, buffers, self.task_loss,
+                batch.support_x, batch.support_y, batch.query_x, batch.query_y, **common,
+            )  # fmt: skip
+            return result.query_loss.mean()
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        want_grads = torch.is_grad_enabled() and bool(trainable)
+        total = torch.zeros((), device=batch.support_x.device)
+        grads: list[Tensor | None] = [None] * len(trainable)
+        support_losses = []
+        for episode in batch:
+            result = task_loss(
+                self.backbone, params, buffers, self.task_loss,
+                episode.support_x, episode.support_y, episode.query_x, episode.query_y,
+                check_finite=False, **common,
+            )  # fmt: skip
+            support_losses.append(result.support_losses)
+            loss = result.query_loss / len(batch)
+            if want_grads:
+                task_grads = torch.autograd.grad(loss, trainable, allow_unused=True)
+                grads = [_sum(acc, g) for acc, g in zip(grads, task_grads, strict=True)]
+            total = total + loss.detach()
+        check_finite_losses(torch.stack(support_losses))
+        if not want_grads:
+            return total
+        return loss_with_gradients(total, trainable, grads)
+
+    def _multi_step_meta_loss(self, batch: EpisodeBatch) -> Tensor:
+        """MAML++'s multi-step loss: a weighted sum of the query losses after every inner step."""
+        steps = self.hparams.inner_steps
+        weights = self.multi_step_weights(steps).to(batch.support_x.device)
+        sizes = self.step_sizes(steps)
+        sizes = sizes if isinstance(sizes, list) else [sizes] * steps
+        params = adaptable_parameters(self.backbone)
+        buffers = self.buffers_for_adaptation()
+        losses = []
+        for episode in batch:
+            current, task_losses = params, []
+            for s in range(steps):
+                result = task_loss(
+                    self.backbone, current, buffers, self.task_loss,
+                    episode.support_x, episode.support_y, episode.query_x, episode.query_y,
+                    steps=1, step_size=sizes[s], first_order=self.training_first_order,
+                    adapt_names=self.adapt_names,
+                )  # fmt: skip
+                current = result.params
+                task_losses.append(result.query_loss)
+            losses.append((torch.stack(task_losses) * weights).sum())
+        return torch.stack(losses).mean()
+
+    def multi_step_weights(self, steps: int) -> Tensor:
+        """Importance of each step's query loss (Antoniou et al., 2019, Section 4, MSL).
+
+        Uniform at the start; the weight of the earlier steps decays linearly to
+        zero over ``multi_step_loss_steps`` training steps (the paper anneals
+        over epochs; here over optimiser steps), leaving the last step's loss.
+        """
+        progress = min(self.global_step / max(self.hparams.multi_step_loss_steps, 1), 1.0)
+        weights = torch.full((steps,), (1.0 - progress) / steps)
+        weights[-1] += progress
+        return weights
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> TaskModel:
+        """Fine-tune a copy of the parameters on a support set; returns the adapted model.
+
+        The learner's own weights are untouched. ``steps`` defaults to ``eval_inner_steps``.
+        """
+        steps = steps or self.hparams.eval_inner_steps or self.hparams.inner_steps
+        params = {name: p.detach() for name, p in adaptable_parameters(self.backbone).items()}
+        buffers = self.buffers_for_adaptation()
+        step_size = _detached(self.step_sizes(steps))
+
+        def support_loss(p: dict[str, Tensor]) -> Tensor:
+            return self.task_loss(functional_forward(self.backbone, p, buffers, support_x), support_y)
+
+        adapted = adapt_parameters(support_loss, params, steps=steps, step_size=step_size, adapt=self.adapt_names)
+        return AdaptedNetwork(self.backbone, adapted.params, buffers)
+
+
+class AdaptedNetwork:
+    """A backbone bound to task-specific parameters: ``model(x)`` runs it functionally."""
+
+    def __init__(self, backbone: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor | None]) -> None:
+        self.backbone = backbone
+        self.params = params
+        self.buffers = buffers
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return functional_forward(self.backbone, self.params, self.buffers, x)
+
+
+def _detached(step_size: StepSize | Sequence[StepSize]) -> StepSize | Sequence[StepSize]:
+    """Step sizes cut from the meta-graph: adaptation at deployment needs no outer gradient."""
+    if isinstance(step_size, Tensor):
+        return step_size.detach()
+    if isinstance(step_size, dict):
+        return {name: size.detach() for name, size in step_size.items()}
+    if isinstance(step_size, list):
+        return [_detached(size) for size in step_size]  # type: ignore[misc]
+    return step_size
+
+
+def _sum(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    """``a + b`` where ``None`` (a parameter the loss did not use) counts as zero."""
+    if a is None:
+        return b
+    return a if b is None else a + b

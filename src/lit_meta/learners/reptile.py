@@ -1,0 +1,107 @@
+"""Reptile: first-order meta-learning by moving the initialisation towards adapted weights."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lit_meta.data.episode import EpisodeBatch
+from lit_meta.functional import adapt as adapt_parameters
+from lit_meta.functional import adaptable_parameters, check_finite_losses, functional_forward, task_buffers
+from lit_meta.learners.base import MetaLearner, TaskModel, loss_with_gradients
+from lit_meta.learners.maml import AdaptedNetwork
+
+
+class Reptile(MetaLearner):
+    """Reptile (Nichol, Achiam & Schulman, 2018, "On First-Order Meta-Learning Algorithms", arXiv:1803.02999).
+
+    For each task, ``inner_steps`` steps of SGD from the current weights
+    ``theta`` give ``phi``; the outer update moves ``theta`` towards them:
+    ``theta <- theta + epsilon * mean_i(phi_i - theta)`` (batched Reptile,
+    Algorithm 2) with ``epsilon = meta_lr``. It is implemented as the gradient
+    ``(theta - mean_i phi_i)`` handed to the outer optimiser, so with
+    ``meta_optimizer="sgd"`` (the default here) the step is exactly the
+    paper's; Adam gives the variant the paper also reports.
+
+    ``mode="serial"`` is Algorithm 1 within a meta-batch: the tasks are adapted
+    one after another, each from the weights the previous update left, and the
+    step lands exactly on the serial result with SGD.
+
+    During meta-training the inner loop fits each episode's support and query
+    examples together (Reptile needs no train/test split within a task);
+    evaluation adapts on the support set and scores the query set.
+
+    Paper setup, Omniglot 5-way 1-shot (Table 3): Conv4 with 64 filters, inner
+    Adam lr 1e-3 with 5 steps of batch 10 (here: SGD on the whole episode),
+    meta-batch 5, outer step size 1.0 linearly annealed to 0 over 100,000
+    iterations, 50 test steps; 97.68 ± 0.04% (transductive).
+
+    Args:
+        backbone: the network; output size = ways.
+        inner_lr: inner SGD step size.
+        inner_steps: inner steps during meta-training.
+        eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
+        mode: ``"batched"`` or ``"serial"``.
+        meta_lr: the outer step size ``epsilon``.
+        meta_optimizer, weight_decay, lr_schedule: see :class:`MetaLearner`.
+    """
+
+    adapts_with_gradients = True
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        inner_lr: float = 0.1,
+        inner_steps: int = 5,
+        eval_inner_steps: int | None = None,
+        mode: Literal["batched", "serial"] = "batched",
+        meta_lr: float = 1.0,
+        meta_optimizer: Literal["adam", "sgd"] = "sgd",
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
+    ) -> None:
+        super().__init__(backbone, meta_lr, meta_optimizer, weight_decay, lr_schedule)
+
+    def _fine_tune(self, params: dict[str, Tensor], x: Tensor, y: Tensor, steps: int):  # type: ignore[no-untyped-def]
+        buffers = task_buffers(self.backbone)
+
+        def loss(p: dict[str, Tensor]) -> Tensor:
+            return self.task_loss(functional_forward(self.backbone, p, buffers, x), y)
+
+        detached = {name: p.detach() for name, p in params.items()}
+        return adapt_parameters(loss, detached, steps=steps, step_size=self.hparams.inner_lr, check_finite=False)
+
+    def meta_loss(self, batch: EpisodeBatch) -> Tensor:
+        """The mean post-adaptation query loss (for logging) carrying Reptile's update as its gradient."""
+        theta = adaptable_parameters(self.backbone)
+        serial = self.hparams.mode == "serial"
+        current = {name: p.detach() for name, p in theta.items()}
+        moved = {name: torch.zeros_like(p) for name, p in theta.items()}
+        losses, support_losses = [], []
+        epsilon = self.hparams.meta_lr
+        for episode in batch:
+            x = torch.cat([episode.support_x, episode.query_x])
+            y = torch.cat([episode.support_y, episode.query_y])
+            result = self._fine_tune(current, x, y, self.hparams.inner_steps)
+            support_losses.append(result.support_losses)
+            with torch.no_grad():
+                buffers = task_buffers(self.backbone)
+                out = functional_forward(self.backbone, result.params, buffers, episode.query_x)
+                losses.append(self.task_loss(out, episode.query_y))
+                for name, phi in result.params.items():
+                    if serial:
+                        current[name] = current[name] + epsilon * (phi - current[name])
+                    else:
+                        moved[name] += (phi - current[name]) / len(batch)
+        check_finite_losses(torch.stack(support_losses))
+        # SGD with rate epsilon on these gradients lands exactly on Reptile's update.
+        grads = [(theta[n].detach() - current[n]) / epsilon if serial else -moved[n] for n in theta]
+        return loss_with_gradients(torch.stack(losses).mean(), list(theta.values()), grads)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> TaskModel:
+        """Fine-tune a copy of the weights on the support set with ``eval_inner_steps`` SGD steps."""
+        steps = steps or self.hparams.eval_inner_steps or self.hparams.inner_steps
+        result = self._fine_tune(adaptable_parameters(self.backbone), support_x, support_y, steps)
+        return AdaptedNetwork(self.backbone, result.params, task_buffers(self.backbone))

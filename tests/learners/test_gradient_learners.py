@@ -1,0 +1,250 @@
+"""MAML, FOMAML, ANIL, Meta-SGD, MAML++ options and Reptile as LightningModules."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_meta.data.datamodule import EpisodicDataModule
+from lit_meta.data.episode import EpisodeBatch
+from lit_meta.errors import EpisodeConfigError
+from lit_meta.functional import adaptable_parameters, functional_forward, task_buffers
+from lit_meta.learners import ANIL, MAML, MetaSGD, Reptile
+
+from ..conftest import TinyImages
+
+
+def small_net(ways: int = 3, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A conv + BatchNorm + linear net for 1x8x8 inputs."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64, ways),
+    ).to(dtype)  # fmt: skip
+
+
+def datamodule(**kwargs) -> EpisodicDataModule:
+    settings = dict(ways=3, shots=2, queries=2, meta_batch_size=4, train_episodes=8, val_episodes=4, test_episodes=8)
+    return EpisodicDataModule(TinyImages(), **{**settings, **kwargs})
+
+
+def a_batch(dtype: torch.dtype = torch.float32, tasks: int = 4) -> EpisodeBatch:
+    dm = datamodule(meta_batch_size=tasks)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader())).to(dtype)
+
+
+def trainer(**kwargs) -> L.Trainer:
+    settings = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def reference_meta_gradient(learner: MAML, batch: EpisodeBatch, first_order: bool) -> list[torch.Tensor]:
+    """The textbook computation: adapt each task, average the query losses, one backward."""
+    net = learner.backbone
+    params = adaptable_parameters(net)
+    buffers = task_buffers(net)
+    losses = []
+    for ep in batch:
+        p = params
+        for _ in range(learner.hparams.inner_steps):
+            loss = F.cross_entropy(functional_forward(net, p, buffers, ep.support_x), ep.support_y)
+            grads = torch.autograd.grad(loss, list(p.values()), create_graph=not first_order)
+            p = {n: w - learner.hparams.inner_lr * g for (n, w), g in zip(p.items(), grads, strict=True)}
+        losses.append(F.cross_entropy(functional_forward(net, p, buffers, ep.query_x), ep.query_y))
+    return list(torch.autograd.grad(torch.stack(losses).mean(), list(params.values())))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_per_task_backward_gives_the_reference_meta_gradient(first_order):
+    batch = a_batch(torch.float64)
+    learner = MAML(small_net(dtype=torch.float64), inner_lr=0.3, inner_steps=2, first_order=first_order)
+    expected = reference_meta_gradient(learner, batch, first_order)
+    learner.meta_loss(batch).backward()
+    for p, g in zip(learner.backbone.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_vmap_execution_matches_the_loop(first_order, dtype, rtol):
+    batch = a_batch(dtype)
+    grads = {}
+    for execution in ("loop", "vmap"):
+        learner = MAML(
+            small_net(dtype=dtype), inner_lr=0.3, inner_steps=2, first_order=first_order, execution=execution
+        )
+        loss = learner.meta_loss(batch)
+        loss.backward()
+        grads[execution] = (loss.detach(), [p.grad for p in learner.parameters()])
+    torch.testing.assert_close(grads["loop"][0], grads["vmap"][0], rtol=rtol, atol=0)
+    # Relative to the meta-gradient's scale: the conv bias before BatchNorm has a true gradient of 0.
+    scale = max(float(g.abs().max()) for g in grads["loop"][1])
+    for a, b in zip(grads["loop"][1], grads["vmap"][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * scale)
+
+
+def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights():
+    batch = a_batch(torch.float64, tasks=1)
+    learner = MAML(small_net(dtype=torch.float64), inner_lr=0.3, inner_steps=1, first_order=True)
+    ep = batch[0]
+    adapted = learner.adapt(ep.support_x, ep.support_y, steps=1)
+    leaves = {n: p.detach().requires_grad_() for n, p in adapted.params.items()}
+    query_loss = F.cross_entropy(
+        functional_forward(learner.backbone, leaves, task_buffers(learner.backbone), ep.query_x), ep.query_y
+    )
+    expected = torch.autograd.grad(query_loss, list(leaves.values()))
+    learner.meta_loss(batch).backward()
+    for p, g in zip(learner.backbone.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)
+
+
+def test_adaptation_leaves_weights_and_batchnorm_statistics_alone():
+    learner = MAML(small_net(), inner_lr=0.5, inner_steps=3)
+    before = {k: v.clone() for k, v in learner.backbone.state_dict().items()}
+    batch = a_batch()
+    learner.meta_loss(batch)
+    model = learner.adapt(batch[0].support_x, batch[0].support_y)
+    model(batch[0].query_x)
+    for k, v in learner.backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert any(not torch.equal(model.params[n], p) for n, p in learner.backbone.named_parameters())
+
+
+def test_anil_adapts_only_the_head_and_meta_sgd_learns_a_rate_per_weight():
+    batch = a_batch()
+    anil = ANIL(small_net())
+    model = anil.adapt(batch[0].support_x, batch[0].support_y)
+    for name, p in anil.backbone.named_parameters():
+        assert torch.equal(model.params[name], p) is (not name.startswith("5.")), name
+
+    meta_sgd = MetaSGD(small_net(), inner_lr=0.1)
+    meta_sgd.meta_loss(batch).backward()
+    for rate, (name, p) in zip(meta_sgd.inner_lrs, meta_sgd.backbone.named_parameters(), strict=True):
+        assert rate.shape == p.shape and rate.grad is not None and rate.grad.abs().sum() > 0, name
+
+
+def test_maml_plus_plus_options():
+    batch = a_batch()
+    learner = MAML(small_net(), inner_steps=3, learn_inner_lr=True, multi_step_loss_steps=100, first_order_steps=10)
+    assert len(learner.inner_lrs) == 3 and learner.training_first_order
+    learner.meta_loss(batch).backward()
+    assert all(rate.grad is not None and rate.grad.abs().sum() > 0 for rate in learner.inner_lrs)
+    torch.testing.assert_close(learner.multi_step_weights(3), torch.full((3,), 1 / 3))
+
+
+def test_reptile_update_equals_its_closed_form_on_a_quadratic():
+    """Loss_i(theta) = mean((theta - c_i)^2): SGD from theta gives phi_i = c_i + (1 - 2a/d)^k (theta - c_i)."""
+    d, k, alpha, epsilon = 3, 4, 0.2, 0.5
+
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.theta = nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.theta.expand(x.shape[0], d)
+
+    centres = torch.tensor([[0.0, 1.0, 2.0], [3.0, -1.0, 0.0]], dtype=torch.float64)
+    batch = EpisodeBatch(
+        support_x=torch.zeros(2, 2, 1, dtype=torch.float64), support_y=centres[:, None].expand(2, 2, d),
+        query_x=torch.zeros(2, 1, 1, dtype=torch.float64), query_y=centres[:, None].expand(2, 1, d),
+        classes=torch.zeros(2, 0, dtype=torch.long),
+    )  # fmt: skip
+    for mode in ("batched", "serial"):
+        learner = Reptile(Constant(), inner_lr=alpha, inner_steps=k, mode=mode, meta_lr=epsilon)
+        theta = learner.backbone.theta.detach().clone()
+        learner.meta_loss(batch).backward()
+        torch.optim.SGD(learner.parameters(), lr=epsilon).step()
+        shrink = (1 - 2 * alpha / d) ** k
+        if mode == "batched":
+            phis = centres + shrink * (theta - centres)
+            expected = theta + epsilon * (phis.mean(0) - theta)
+        else:
+            expected = theta
+            for c in centres:
+                expected = expected + epsilon * (c + shrink * (expected - c) - expected)
+        torch.testing.assert_close(learner.backbone.theta.detach(), expected)
+
+
+@pytest.mark.parametrize("learner_cls", [MAML, ANIL, MetaSGD, Reptile])
+def test_fit_test_predict_under_a_default_trainer(learner_cls):
+    dm = datamodule()
+    learner = learner_cls(small_net(), inner_steps=1)
+    t = trainer(max_epochs=1)
+    t.fit(learner, dm)
+    (scores,) = t.test(learner, dm)
+    assert set(scores) == {"test/loss", "test/loss_ci95", "test/acc", "test/acc_ci95"}
+    assert 0 <= scores["test/acc"] <= 1 and scores["test/acc_ci95"] >= 0
+    predictions = t.predict(learner, dm)
+    assert predictions[0].shape == (4, 6) and predictions[0].max() < 3
+
+
+def test_bf16_mixed_precision_on_cpu():
+    learner = MAML(small_net(), inner_lr=0.3)
+    trainer(fast_dev_run=2, precision="bf16-mixed").fit(learner, datamodule())
+    assert all(torch.isfinite(p).all() for p in learner.parameters())
+
+
+def test_checkpoint_restores_without_user_code(tmp_path):
+    dm = datamodule()
+    learner = MetaSGD(small_net(), inner_lr=0.2, inner_steps=2)
+    t = trainer(max_steps=2, limit_val_batches=0)
+    t.fit(learner, dm)
+    t.save_checkpoint(tmp_path / "last.ckpt")
+    restored = MetaSGD.load_from_checkpoint(tmp_path / "last.ckpt")
+    assert restored.hparams.inner_steps == 2 and restored.hparams.inner_lr == 0.2
+    ep = a_batch()[0]
+    torch.testing.assert_close(
+        restored.adapt(ep.support_x, ep.support_y)(ep.query_x), learner.adapt(ep.support_x, ep.support_y)(ep.query_x)
+    )
+
+
+def test_head_size_must_match_ways():
+    with pytest.raises(EpisodeConfigError, match="outputs 4 logits per example but the episodes are 3-way"):
+        trainer(fast_dev_run=1).validate(MAML(small_net(ways=4)), datamodule())
+
+
+class RecordingMAML(MAML):
+    def __init__(self, path: str = "", **kwargs) -> None:
+        super().__init__(small_net(), **kwargs)
+        self.path = path
+
+    def on_train_end(self) -> None:
+        if self.global_rank == 0:
+            torch.save([p.detach() for p in self.parameters()], self.path)
+
+
+def test_ddp_meta_gradient_equals_single_process(tmp_path):
+    """Two CPU ranks with 2 tasks each take the same SGD step as one process with the 4 tasks."""
+    settings = dict(inner_lr=0.3, meta_lr=1.0, meta_optimizer="sgd")
+    single = RecordingMAML(str(tmp_path / "single.pt"), **settings)
+    trainer(max_steps=1, limit_val_batches=0).fit(single, datamodule(meta_batch_size=4, train_episodes=4))
+    ddp = RecordingMAML(str(tmp_path / "ddp.pt"), **settings)
+    trainer(max_steps=1, limit_val_batches=0, accelerator="cpu", devices=2, strategy="ddp_spawn").fit(
+        ddp, datamodule(meta_batch_size=2, train_episodes=4)
+    )
+    initial = [p.detach() for p in small_net().parameters()]
+    after_single, after_ddp = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
+    for p0, a, b in zip(initial, after_single, after_ddp, strict=True):
+        assert not torch.equal(p0, a)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_maml_meta_trained_briefly_on_glyphs_beats_chance_by_a_wide_margin():
+    """80 second-order steps of 8 tasks (about 30 s on 2 idle cores); chance is 20%."""
+    from lit_meta.backbones import Conv4
+
+    L.seed_everything(0, verbose=False)
+    dm = EpisodicDataModule(
+        "glyphs", ways=5, shots=1, queries=5, eval_queries=15, meta_batch_size=8,
+        train_episodes=8 * 80, test_episodes=100,
+    )  # fmt: skip
+    learner = MAML(Conv4(1, 5, hidden_channels=32), inner_lr=0.4, eval_inner_steps=3, meta_lr=3e-3, execution="loop")
+    t = trainer(max_epochs=1, limit_val_batches=0)
+    t.fit(learner, dm)
+    (scores,) = t.test(learner, dm, verbose=False)
+    assert scores["test/acc"] - scores["test/acc_ci95"] > 0.45, scores
