@@ -31,3 +31,25 @@ def test_parameter_counts():
 def test_too_small_images_are_refused():
     with pytest.raises(ValueError, match=r"image_size >= 16, got 8"):
         Conv4(image_size=8)
+
+
+def test_pooling_before_relu_computes_the_papers_block_with_the_same_gradients():
+    """Conv4 pools before its ReLU; the papers' order (ReLU, then pool) gives the same outputs and gradients."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = Conv4(in_channels=1, out_features=5).double()
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+
+    def papers_order(x: torch.Tensor) -> torch.Tensor:
+        for block in net.features[:4]:
+            conv, bn = block[0], block[1]
+            x = F.max_pool2d(F.relu(bn(conv(x))), 2)
+        return net.head(x.flatten(1))
+
+    ours, reference = net(x), papers_order(x)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+    g_ours = torch.autograd.grad(ours.square().sum(), list(net.parameters()))
+    g_ref = torch.autograd.grad(papers_order(x).square().sum(), list(net.parameters()))
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

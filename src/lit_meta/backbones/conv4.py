@@ -6,12 +6,18 @@ from torch import Tensor, nn
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """``conv3x3 (padding 1) -> BatchNorm2d -> ReLU -> maxpool 2``: halves height and width."""
+    """``conv3x3 (padding 1) -> BatchNorm2d -> maxpool 2 -> ReLU``: halves height and width.
+
+    The same function as the papers' ``... -> ReLU -> maxpool``: ReLU is monotone, so it
+    commutes with max-pooling, and the gradients agree too (a window's gradient goes to
+    its maximum either way). Pooling first runs ReLU on a quarter of the elements; on a
+    2-core CPU this makes a first-order MAML step ~10% faster (``benchmarks/maml_profile.py``).
+    """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
         nn.MaxPool2d(2),
+        nn.ReLU(),
     )
 
 

@@ -1,0 +1,198 @@
+"""Time one MAML meta-training step against learn2learn, in the same run.
+
+Setup (issue 3): Conv4 (64 filters, BatchNorm, max-pool), Omniglot shapes 28x28x1,
+5-way 1-shot 15-query, meta-batch 32, 1 inner step, inner lr 0.4, Adam, 2 threads.
+Each configuration runs in a fresh subprocess (so peak RSS is its own) from the same
+initial weights and the same meta-batch; the first step's meta-gradients are saved and
+compared across implementations.
+
+learn2learn runs in a separate "peer" environment (it does not build on Python 3.11
+from PyPI; ``benchmarks/peer_env.sh`` builds it): pass its interpreter with
+``--peer-python`` or ``$LIT_META_PEER_PYTHON``. Without it only lit-meta is timed.
+``--allocator jemalloc`` preloads jemalloc (Debian's libjemalloc2) for every
+configuration, with page decay off (like with like).
+
+    python benchmarks/maml_step.py --steps 7 --allocator jemalloc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+# Without this, jemalloc returns freed pages to the OS and each step faults them back in:
+# measured 30-70% slower than glibc for both implementations.
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+CONFIGS = {
+    "lit-meta loop, 2nd order": {"impl": "lit-meta", "execution": "loop", "first_order": False},
+    "lit-meta loop, 1st order": {"impl": "lit-meta", "execution": "loop", "first_order": True},
+    "lit-meta vmap, 2nd order": {"impl": "lit-meta", "execution": "vmap", "first_order": False},
+    "learn2learn, 2nd order": {"impl": "learn2learn", "first_order": False},
+    "learn2learn, 1st order": {"impl": "learn2learn", "first_order": True},
+    "lit-meta eval": {"impl": "lit-meta", "execution": "loop", "first_order": False, "eval": True},
+    "learn2learn eval": {"impl": "learn2learn", "first_order": False, "eval": True},
+}
+EVAL_EPISODES, EVAL_STEPS = 600, 10
+
+
+def make_inputs(workdir: Path, ways: int, shots: int, queries: int, tasks: int) -> None:
+    """Initial weights (lit-meta's Conv4, parameter order) and one meta-batch, shared by all runs."""
+    import torch
+
+    from lit_meta.backbones import Conv4
+
+    torch.manual_seed(0)
+    net = Conv4(in_channels=1, out_features=ways)
+    torch.save([p.detach() for p in net.parameters()], workdir / "weights.pt")
+    batch = {
+        "support_x": torch.rand(tasks, ways * shots, 1, 28, 28),
+        "support_y": torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous(),
+        "query_x": torch.rand(tasks, ways * queries, 1, 28, 28),
+        "query_y": torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous(),
+    }
+    torch.save(batch, workdir / "batch.pt")
+
+
+def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float) -> dict:
+    """One configuration of lit-meta's MAML: ``meta_loss`` + backward + Adam step, as the Trainer runs it."""
+    import torch
+
+    from lit_meta.backbones import Conv4
+    from lit_meta.data.episode import EpisodeBatch
+    from lit_meta.learners import MAML
+
+    batch_tensors = torch.load(workdir / "batch.pt")
+    batch = EpisodeBatch(**batch_tensors, classes=torch.zeros(len(batch_tensors["support_x"]), 5, dtype=torch.long))
+    net = Conv4(in_channels=1, out_features=5)
+    with torch.no_grad():
+        for p, w in zip(net.parameters(), torch.load(workdir / "weights.pt"), strict=True):
+            p.copy_(w)
+    learner = MAML(net, inner_lr=inner_lr, first_order=config["first_order"], execution=config["execution"])
+    if config.get("eval"):
+        # What validation/test does per episode: adapt a copy on the support set, label the query set.
+        start = time.perf_counter()
+        for i in range(EVAL_EPISODES):
+            episode = batch[i % len(batch)]
+            learner.adapt(episode.support_x, episode.support_y, steps=EVAL_STEPS)(episode.query_x).argmax(-1)
+        return {"times": [time.perf_counter() - start]}
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        learner.meta_loss(batch).backward()
+        if step == 0:
+            torch.save([p.grad.clone() for p in net.parameters()], workdir / f"grads-{config['key']}.pt")
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return {"times": times[warmup:]}
+
+
+def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    result = run_lit_meta(config, workdir, steps, warmup, inner_lr)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def launch(name: str, config: dict, args: argparse.Namespace, workdir: Path) -> dict | None:
+    config = {**config, "key": name.replace(" ", "_").replace(",", "")}
+    env = dict(os.environ)
+    if args.allocator == "jemalloc":
+        env["LD_PRELOAD"] = str(JEMALLOC)
+        env["MALLOC_CONF"] = JEMALLOC_CONF
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--inner-lr", str(args.inner_lr),
+              "--threads", str(args.threads), "--workdir", str(workdir), "--one", json.dumps(config)]  # fmt: skip
+    if config["impl"] == "learn2learn":
+        if not args.peer_python:
+            return None
+        command = [args.peer_python, str(HERE / "peers" / "learn2learn_maml.py"), *common]
+    else:
+        command = [sys.executable, __file__, *common]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["grads"] = workdir / f"grads-{config['key']}.pt"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=7, help="timed steps per configuration (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--inner-lr", type=float, default=0.4)
+    parser.add_argument("--tasks", type=int, default=32)
+    parser.add_argument("--allocator", choices=["default", "jemalloc"], default="default")
+    parser.add_argument("--peer-python", default=os.environ.get("LIT_META_PEER_PYTHON"))
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), help="subset of: " + "; ".join(CONFIGS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        worker(json.loads(args.one), args.workdir, args.steps, args.warmup, args.inner_lr, args.threads)
+        return
+    if args.allocator == "jemalloc" and not JEMALLOC.exists():
+        parser.error(f"{JEMALLOC} not found: apt-get install libjemalloc2")
+
+    import torch
+
+    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {args.threads} threads, allocator {args.allocator}"
+          + (f" (MALLOC_CONF={JEMALLOC_CONF})" if args.allocator == "jemalloc" else ""))  # fmt: skip
+    print(f"step: Conv4-64, 28x28x1, 5-way 1-shot 15-query, meta-batch {args.tasks}, 1 inner step, "
+          f"lr {args.inner_lr}, Adam; median of {args.steps} steps after {args.warmup} warm-up")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        make_inputs(workdir, ways=5, shots=1, queries=15, tasks=args.tasks)
+        results = {}
+        for name in args.configs:
+            result = launch(name, CONFIGS[name], args, workdir)
+            if result is None:
+                print(f"{name}: skipped" + ("" if args.peer_python else " (no --peer-python)"))
+                continue
+            results[name] = result
+        report(results, args.tasks)
+
+
+def report(results: dict[str, dict], tasks: int) -> None:
+    import torch
+
+    evals = {name: results.pop(name) for name in list(results) if "eval" in name}
+    print("\n| configuration | median s/step | tasks/s | peak RSS MB | vs learn2learn (same order) | max |grad diff| |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        median = statistics.median(r["times"])
+        order = "2nd" if "2nd" in name else "1st"
+        peer = results.get(f"learn2learn, {order} order")
+        ratio, diff = "", ""
+        if peer and "learn2learn" not in name:
+            ratio = f"{statistics.median(peer['times']) / median:.2f}x faster"
+            ours, theirs = torch.load(r["grads"]), torch.load(peer["grads"])
+            diff = f"{max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)):.1e}"
+        print(f"| {name} | {median:.3f} | {tasks / median:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | {diff} |")
+    if evals:
+        print(f"\n| evaluation: {EVAL_EPISODES} episodes x {EVAL_STEPS} inner steps | seconds | peak RSS MB |")
+        print("| --- | --- | --- |")
+        for name, r in evals.items():
+            print(f"| {name} | {r['times'][0]:.1f} | {r['peak_rss_mb']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
