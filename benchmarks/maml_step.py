@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def main() -> None:
 
     import torch
 
-    print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
+    print("command:", shlex.join([os.path.basename(sys.executable), *sys.argv]))
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {args.threads} threads, allocator {args.allocator}"
           + (f" (MALLOC_CONF={JEMALLOC_CONF})" if args.allocator == "jemalloc" else ""))  # fmt: skip
