@@ -203,9 +203,13 @@ def test_checkpoint_restores_without_user_code(tmp_path):
     )
 
 
-def test_head_size_must_match_ways():
-    with pytest.raises(EpisodeConfigError, match="outputs 4 logits per example but the episodes are 3-way"):
-        trainer(fast_dev_run=1).validate(MAML(small_net(ways=4)), datamodule())
+@pytest.mark.parametrize("run", ["fit", "validate"])
+def test_head_size_must_match_ways_before_any_step(run):
+    model = MAML(small_net(ways=4))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(EpisodeConfigError, match="has 4 outputs but the (train|val) episodes are 3-way"):
+        getattr(trainer(fast_dev_run=1), run)(model, datamodule())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 class RecordingMAML(MAML):

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from lit_meta.data.datasets.base import TaskDistribution
 from lit_meta.data.episode import Episode, EpisodeBatch
+from lit_meta.data.sampler import EpisodeShape
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.metrics import EpisodeMeanCI
 
@@ -20,6 +25,7 @@ TaskModel = Callable[[Tensor], Tensor]
 """A model adapted to one task: inputs -> logits (classification) or predictions (regression)."""
 
 Stage = Literal["train", "val", "test"]
+LRSchedule = Literal["constant", "cosine", "linear", "step"]
 
 
 def loss_with_gradients(value: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Tensor:
@@ -36,6 +42,10 @@ def loss_with_gradients(value: Tensor, params: Sequence[Tensor], grads: Sequence
         torch.zeros((), device=value.device),
     )
     return value.detach() + surrogate - surrogate.detach()
+
+
+CHECKPOINT_LEARNER_KEY = "lit_meta_learner"
+"""Checkpoint entry naming the learner's class, so ``MetaLearner.load_from_checkpoint`` finds it."""
 
 
 class MetaLearner(L.LightningModule, ABC):
@@ -64,8 +74,14 @@ class MetaLearner(L.LightningModule, ABC):
         meta_lr: learning rate of the outer (meta) optimiser.
         meta_optimizer: ``"adam"`` or ``"sgd"``.
         weight_decay: weight decay of the outer optimiser.
-        lr_schedule: ``"constant"`` or ``"cosine"`` annealing of the outer
-            learning rate over ``trainer.max_steps`` (Antoniou et al., 2019).
+        lr_schedule: how the outer learning rate changes with the optimiser step:
+            ``"constant"``; ``"cosine"`` annealing to 0 over ``trainer.max_steps``
+            (MAML++, Antoniou et al., 2019); ``"linear"`` decay to 0 over
+            ``trainer.max_steps`` (Reptile, Nichol et al., 2018); ``"step"``:
+            multiplied by ``lr_decay_factor`` every ``lr_decay_every`` steps
+            (Prototypical Networks halve it every 2,000 episodes, Snell et al., 2017).
+        lr_decay_every: steps between decays of the ``"step"`` schedule.
+        lr_decay_factor: factor of each decay of the ``"step"`` schedule.
     """
 
     adapts_with_gradients: ClassVar[bool] = False
@@ -76,13 +92,23 @@ class MetaLearner(L.LightningModule, ABC):
         meta_lr: float = 1e-3,
         meta_optimizer: Literal["adam", "sgd"] = "adam",
         weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        lr_schedule: LRSchedule = "constant",
+        lr_decay_every: int = 2000,
+        lr_decay_factor: float = 0.5,
     ) -> None:
         super().__init__()
-        # The backbone object is kept in the hyperparameters so that
-        # load_from_checkpoint rebuilds the learner without user code.
+        if lr_decay_every < 1 or not 0.0 < lr_decay_factor <= 1.0:
+            raise ValueError(
+                f"lr_decay_every={lr_decay_every}, lr_decay_factor={lr_decay_factor}: "
+                "decay every >= 1 steps by a factor in (0, 1]"
+            )
+        # The backbone is kept in the hyperparameters so that load_from_checkpoint
+        # rebuilds the learner without user code: as its class path and init args
+        # when LightningCLI built it (a plain, weights_only-loadable config), else
+        # as the module object itself (pickled).
+        given = _given_hyperparameters.get()
         self.save_hyperparameters(ignore=["backbone"])
-        self.hparams["backbone"] = backbone
+        self.hparams["backbone"] = given["backbone"] if given and "backbone" in given else backbone
         self.backbone = backbone
         self.metrics = nn.ModuleDict(
             {
@@ -97,12 +123,27 @@ class MetaLearner(L.LightningModule, ABC):
     ) -> Any:
         """Lightning's ``load_from_checkpoint``; the backbone comes back from the checkpoint.
 
-        The backbone object is stored in the checkpoint's hyperparameters, which
-        ``torch.load(weights_only=True)`` (torch's default since 2.6) refuses, so
-        this loads with ``weights_only=False``: only load checkpoints you trust,
-        as with any pickle. Pass ``backbone=...`` to rebuild it yourself instead.
+        Called on :class:`MetaLearner` itself, it loads whichever learner the
+        checkpoint holds (``MetaLearner.load_from_checkpoint(path)``); the
+        learner's class must be imported (lit-meta's own always are).
+
+        A backbone built by ``lit-meta`` (LightningCLI) is stored as its class
+        path and arguments. One passed as an object from Python is stored as a
+        pickled module, which ``torch.load(weights_only=True)`` (torch's default
+        since 2.6) refuses, so this loads with ``weights_only=False``: only load
+        checkpoints you trust, as with any pickle. Pass ``backbone=...`` to
+        rebuild it yourself instead.
         """
-        return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
+        learner = cls
+        if inspect.isabstract(cls):
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=weights_only)
+            learner = _recorded_learner(checkpoint, cls)
+        return super(MetaLearner, learner).load_from_checkpoint(
+            checkpoint_path, *args, weights_only=weights_only, **kwargs
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_LEARNER_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     # -- hooks for subclasses ----------------------------------------------------------------
     @abstractmethod
@@ -112,6 +153,10 @@ class MetaLearner(L.LightningModule, ABC):
     @abstractmethod
     def adapt(self, support_x: Tensor, support_y: Tensor) -> TaskModel:
         """A model for the task given by a support set (labels ``0 .. ways-1`` or float targets)."""
+
+    def learned_step_sizes(self) -> dict[str, Tensor]:
+        """Learned inner-loop step sizes by name (scalars), for monitoring; none by default."""
+        return {}
 
     def task_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Loss of predictions on one task: cross-entropy for labels, MSE for float targets.
@@ -123,6 +168,35 @@ class MetaLearner(L.LightningModule, ABC):
         return F.cross_entropy(outputs, targets)
 
     # -- Lightning steps ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Checks the episodes the datamodule will serve against the backbone, before any step."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        shapes: Mapping[str, EpisodeShape] | None = getattr(datamodule, "shapes", None)
+        splits = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",))
+        data_splits = getattr(datamodule, "splits", {})
+        if shapes is None or any(isinstance(data_splits.get(s), TaskDistribution) for s in splits):
+            return  # not an EpisodicDataModule, or regression (no ways)
+        self.check_episode_shapes({split: shapes[split] for split in splits if split in shapes})
+
+    def check_episode_shapes(self, shapes: Mapping[str, EpisodeShape]) -> None:
+        """Raises :class:`~lit_meta.errors.EpisodeConfigError` for episodes the learner cannot score.
+
+        Learners that fine-tune the backbone read the class scores from its
+        last ``nn.Linear``, so its output size must equal the ways of every split.
+        """
+        if not self.adapts_with_gradients:
+            return
+        heads = [m for m in self.backbone.modules() if isinstance(m, nn.Linear)]
+        if not heads:
+            return
+        for split, shape in shapes.items():
+            if heads[-1].out_features != shape.ways:
+                raise EpisodeConfigError(
+                    f"the backbone's head (its last nn.Linear) has {heads[-1].out_features} outputs but the "
+                    f"{split} episodes are {shape.ways}-way; set the backbone's output size to {shape.ways} "
+                    f"or the datamodule's ways to {heads[-1].out_features}"
+                )
+
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> Tensor:
         loss = self.meta_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
@@ -204,6 +278,40 @@ class MetaLearner(L.LightningModule, ABC):
             optimizer = torch.optim.SGD(self.parameters(), lr=hp.meta_lr, weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant":
             return optimizer
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(total), 1))
+        if hp.lr_schedule == "step":
+            scheduler: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(
+                optimizer, step_size=hp.lr_decay_every, gamma=hp.lr_decay_factor
+            )
+        else:
+            steps = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+            total = max(int(steps), 1)
+            if hp.lr_schedule == "cosine":
+                scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+            else:
+                scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _recorded_learner(checkpoint: dict[str, Any], base: type[MetaLearner]) -> type[MetaLearner]:
+    """The concrete learner class a checkpoint was saved from, among the imported subclasses of ``base``."""
+    path = checkpoint.get(CHECKPOINT_LEARNER_KEY) or checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if not path:
+        raise ValueError(
+            f"the checkpoint does not name its learner; call load_from_checkpoint on the learner's class "
+            f"(e.g. MAML.load_from_checkpoint) instead of {base.__name__}"
+        )
+    known: dict[str, type[MetaLearner]] = {}
+    pending = [base]
+    while pending:
+        cls = pending.pop()
+        known[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        pending.extend(cls.__subclasses__())
+    module, _, name = path.rpartition(".")
+    alias = getattr(sys.modules.get(module), name, None)  # e.g. "lit_meta.MAML" exported by the package
+    learner = known.get(path) or (alias if isinstance(alias, type) and alias in known.values() else None)
+    if learner is None or inspect.isabstract(learner):
+        raise ValueError(
+            f"the checkpoint holds a {path}, which is not an imported subclass of {base.__name__}; "
+            "import the module that defines it first"
+        )
+    return learner

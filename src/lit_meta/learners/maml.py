@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -76,7 +76,8 @@ class MAML(MetaLearner):
             meta-batch at once with ``torch.func.vmap``; ``"auto"`` picks the
             path measured fastest for the device (the loop on CPU, see
             ``benchmarks/maml_step.py``).
-        meta_lr, meta_optimizer, weight_decay, lr_schedule: see :class:`MetaLearner`.
+        **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
+            ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
 
     adapts_with_gradients = True
@@ -93,12 +94,9 @@ class MAML(MetaLearner):
         multi_step_loss_steps: int = 0,
         first_order_steps: int = 0,
         execution: Execution = "auto",
-        meta_lr: float = 1e-3,
-        meta_optimizer: Literal["adam", "sgd"] = "adam",
-        weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, meta_lr, meta_optimizer, weight_decay, lr_schedule)
+        super().__init__(backbone, **kwargs)
         if inner_steps < 1 or (eval_inner_steps is not None and eval_inner_steps < 1):
             raise ValueError(f"inner_steps={inner_steps}, eval_inner_steps={eval_inner_steps}: take at least one step")
         if inner_lr <= 0:
@@ -131,6 +129,16 @@ class MAML(MetaLearner):
         # Learned rates beyond the trained steps reuse the last one.
         rates = [self.inner_lrs[min(s, len(self.inner_lrs) - 1)] for s in range(steps)]
         return [dict(zip(self.adapt_names, r.unbind(), strict=True)) for r in rates]
+
+    def learned_step_sizes(self) -> dict[str, Tensor]:
+        """LSLR's rate of every adapted tensor at every inner step, as ``step{s}/{name}``."""
+        if self.inner_lrs is None:
+            return {}
+        return {
+            f"step{s}/{name}": rate.detach()
+            for s, rates in enumerate(self.inner_lrs)
+            for name, rate in zip(self.adapt_names, rates, strict=True)
+        }
 
     def buffers_for_adaptation(self) -> dict[str, Tensor | None]:
         return task_buffers(self.backbone)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,8 @@ class MatchingNet(MetaLearner):
         embedding_dim: D, sizing the FCE LSTMs; defaults to ``backbone.embedding_dim``.
         temperature: the cosine similarities are divided by it before the softmax.
         learn_temperature: learn the temperature.
-        meta_lr, meta_optimizer, weight_decay, lr_schedule: see :class:`MetaLearner`.
+        **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
+            ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
 
     adapts_with_gradients = False
@@ -70,12 +71,9 @@ class MatchingNet(MetaLearner):
         embedding_dim: int | None = None,
         temperature: float = 1.0,
         learn_temperature: bool = False,
-        meta_lr: float = 1e-3,
-        meta_optimizer: Literal["adam", "sgd"] = "adam",
-        weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, meta_lr, meta_optimizer, weight_decay, lr_schedule)
+        super().__init__(backbone, **kwargs)
         if fce_steps < 1:
             raise ValueError(f"fce_steps={fce_steps}: the attention LSTM takes at least one step")
         self.temperature = Temperature(temperature, learn_temperature)

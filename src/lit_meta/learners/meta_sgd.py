@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lit_meta.functional import StepSize, adaptable_parameters
 from lit_meta.learners.maml import MAML, Execution
@@ -34,10 +34,7 @@ class MetaSGD(MAML):
         first_order: bool = False,
         adapt: Literal["all", "head"] | list[str] = "all",
         execution: Execution = "auto",
-        meta_lr: float = 1e-3,
-        meta_optimizer: Literal["adam", "sgd"] = "adam",
-        weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             backbone,
@@ -47,10 +44,7 @@ class MetaSGD(MAML):
             first_order=first_order,
             adapt=adapt,
             execution=execution,
-            meta_lr=meta_lr,
-            meta_optimizer=meta_optimizer,
-            weight_decay=weight_decay,
-            lr_schedule=lr_schedule,
+            **kwargs,
         )
 
     def _make_inner_lrs(self) -> nn.ParameterList:
@@ -58,6 +52,11 @@ class MetaSGD(MAML):
         return nn.ParameterList(
             [nn.Parameter(torch.full_like(params[name].detach(), self.hparams.inner_lr)) for name in self.adapt_names]
         )
+
+    def learned_step_sizes(self) -> dict[str, Tensor]:
+        """The mean learned rate of every adapted tensor (the rates are per weight)."""
+        assert self.inner_lrs is not None
+        return {name: rate.detach().mean() for name, rate in zip(self.adapt_names, self.inner_lrs, strict=True)}
 
     def step_sizes(self, steps: int) -> StepSize | Sequence[StepSize]:
         assert self.inner_lrs is not None

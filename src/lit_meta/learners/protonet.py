@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +150,8 @@ class ProtoNet(MetaLearner):
         distance: ``"euclidean"`` (squared) or ``"cosine"``.
         temperature: the logits are divided by it (the initial value when learned).
         learn_temperature: learn the temperature.
-        meta_lr, meta_optimizer, weight_decay, lr_schedule: see :class:`MetaLearner`.
+        **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
+            ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
 
     adapts_with_gradients = False
@@ -161,12 +162,9 @@ class ProtoNet(MetaLearner):
         distance: Distance = "euclidean",
         temperature: float = 1.0,
         learn_temperature: bool = False,
-        meta_lr: float = 1e-3,
-        meta_optimizer: Literal["adam", "sgd"] = "adam",
-        weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, meta_lr, meta_optimizer, weight_decay, lr_schedule)
+        super().__init__(backbone, **kwargs)
         if distance not in ("euclidean", "cosine"):
             raise ValueError(f"distance={distance!r}: use 'euclidean' or 'cosine'")
         self.temperature = Temperature(temperature, learn_temperature)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +114,8 @@ class RelationNet(MetaLearner):
         input_shape: shape of one input item, to size the default relation module.
         relation_channels: channels of the default relation module's conv blocks.
         relation_hidden: hidden units of its fully connected layer (8 in the paper).
-        meta_lr, meta_optimizer, weight_decay, lr_schedule: see :class:`MetaLearner`.
+        **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
+            ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
 
     adapts_with_gradients = False
@@ -126,15 +127,12 @@ class RelationNet(MetaLearner):
         input_shape: tuple[int, ...] = (1, 28, 28),
         relation_channels: int = 64,
         relation_hidden: int = 8,
-        meta_lr: float = 1e-3,
-        meta_optimizer: Literal["adam", "sgd"] = "adam",
-        weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        **kwargs: Any,
     ) -> None:
         with warnings.catch_warnings():
             # Kept in the hyperparameters on purpose, so checkpoints restore a custom relation module.
             warnings.filterwarnings("ignore", message=".*'relation_module' is an instance of `nn.Module`")
-            super().__init__(backbone, meta_lr, meta_optimizer, weight_decay, lr_schedule)
+            super().__init__(backbone, **kwargs)
         if relation_module is None:
             channels, height, width = feature_map_shape(backbone, input_shape)
             relation_module = default_relation_module((2 * channels, height, width), relation_channels, relation_hidden)

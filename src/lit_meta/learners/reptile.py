@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +45,8 @@ class Reptile(MetaLearner):
         eval_inner_steps: inner steps at evaluation (default ``inner_steps``).
         mode: ``"batched"`` or ``"serial"``.
         meta_lr: the outer step size ``epsilon``.
-        meta_optimizer, weight_decay, lr_schedule: see :class:`MetaLearner`.
+        meta_optimizer: the outer optimiser; plain SGD makes the update Reptile's.
+        **kwargs: the other outer-loop options of :class:`MetaLearner` (``lr_schedule``, ...).
     """
 
     adapts_with_gradients = True
@@ -59,10 +60,9 @@ class Reptile(MetaLearner):
         mode: Literal["batched", "serial"] = "batched",
         meta_lr: float = 1.0,
         meta_optimizer: Literal["adam", "sgd"] = "sgd",
-        weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, meta_lr, meta_optimizer, weight_decay, lr_schedule)
+        super().__init__(backbone, meta_lr=meta_lr, meta_optimizer=meta_optimizer, **kwargs)
 
     def _fine_tune(self, params: dict[str, Tensor], x: Tensor, y: Tensor, steps: int):  # type: ignore[no-untyped-def]
         buffers = task_buffers(self.backbone)

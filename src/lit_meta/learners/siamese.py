@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,8 @@ class SiameseNet(MetaLearner):
     Args:
         backbone: an embedding network, ``[N, *item_shape] -> [N, D]`` (no head).
         embedding_dim: D; defaults to ``backbone.embedding_dim``.
-        meta_lr, meta_optimizer, weight_decay, lr_schedule: see :class:`MetaLearner`.
+        **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
+            ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
 
     adapts_with_gradients = False
@@ -58,12 +59,9 @@ class SiameseNet(MetaLearner):
         self,
         backbone: nn.Module,
         embedding_dim: int | None = None,
-        meta_lr: float = 1e-3,
-        meta_optimizer: Literal["adam", "sgd"] = "adam",
-        weight_decay: float = 0.0,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(backbone, meta_lr, meta_optimizer, weight_decay, lr_schedule)
+        super().__init__(backbone, **kwargs)
         dim = embedding_dim or getattr(backbone, "embedding_dim", None)
         if dim is None:
             raise ValueError("SiameseNet needs the embedding size: pass embedding_dim=... (the backbone has none)")

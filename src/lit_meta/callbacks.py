@@ -1,0 +1,127 @@
+"""Callbacks that only make sense for meta-learning: step-size monitoring and episode images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from PIL import Image
+from torch import Tensor
+
+from lit_meta.data.episode import EpisodeBatch
+
+
+class StepSizeMonitor(L.Callback):
+    """Logs the outer learning rates and the learner's learned inner-loop step sizes.
+
+    Every training step (thinned by the Trainer's ``log_every_n_steps``) it logs
+    ``lr/group{i}`` for each parameter group of each optimiser and, for
+    learners with learned inner step sizes (MAML++'s LSLR, Meta-SGD), the
+    values of :meth:`~lit_meta.learners.MetaLearner.learned_step_sizes` under
+    ``inner_lr/...``. Unlike Lightning's ``LearningRateMonitor`` it needs no
+    logger, so it can stay on in every run.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        values: dict[str, float] = {}
+        for o, optimizer in enumerate(trainer.optimizers):
+            prefix = "lr" if len(trainer.optimizers) == 1 else f"lr/optimizer{o}"
+            for g, group in enumerate(optimizer.param_groups):
+                values[f"{prefix}/group{g}" if len(optimizer.param_groups) > 1 else prefix] = float(group["lr"])
+        step_sizes = getattr(pl_module, "learned_step_sizes", None)
+        if callable(step_sizes):
+            values.update({f"inner_lr/{name}": float(v) for name, v in step_sizes().items()})
+        if values:
+            pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
+
+
+class EpisodeImageLogger(L.Callback):
+    """Logs support and query grids of the first few episodes of training and validation.
+
+    Once per ``fit``: from the first training batch and the first validation
+    batch, each of the first ``episodes`` episodes becomes two images, its
+    support set (one row per class, in label order) and its query set. They go
+    to W&B (``WandbLogger.log_image``), TensorBoard (``add_image``), and, for
+    other loggers with a ``log_dir`` (CSV), to PNG files in
+    ``<log_dir>/episodes/``. Episodes that are not images (sinusoid
+    regression) are skipped.
+
+    Args:
+        episodes: episodes to draw per split.
+    """
+
+    def __init__(self, episodes: int = 2) -> None:
+        if episodes < 1:
+            raise ValueError(f"episodes={episodes}: log at least one episode")
+        self.episodes = episodes
+        self._logged: set[str] = set()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._logged.clear()
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._log_once(trainer, batch, "train")
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._log_once(trainer, batch, "val")
+
+    def _log_once(self, trainer: L.Trainer, batch: Any, stage: str) -> None:
+        if stage in self._logged or not isinstance(batch, EpisodeBatch) or batch.support_x.dim() != 5:
+            return
+        self._logged.add(stage)
+        if trainer.global_rank != 0 or not trainer.loggers:
+            return
+        images: dict[str, np.ndarray] = {}
+        for i, episode in enumerate(batch):
+            if i == self.episodes:
+                break
+            images[f"{stage}_episode{i}_support"] = episode_grid(episode.support_x, episode.support_y, episode.ways)
+            images[f"{stage}_episode{i}_query"] = episode_grid(episode.query_x, episode.query_y, episode.ways)
+        for logger in trainer.loggers:
+            _send(logger, images, stage, trainer.global_step)
+
+
+def episode_grid(x: Tensor, y: Tensor, ways: int, padding: int = 2) -> np.ndarray:
+    """Images ``[n, C, H, W]`` with labels ``y`` as one ``uint8`` grid ``[rows, cols, 3]``: a row per class."""
+    x = x.detach().float().cpu()
+    y = y.detach().cpu()
+    lo, hi = x.amin(), x.amax()
+    x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    rows = [x[y == c] for c in range(ways)]
+    cols = max(len(r) for r in rows)
+    _, _, height, width = x.shape
+    grid = torch.ones(3, ways * (height + padding) + padding, cols * (width + padding) + padding)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            top, left = padding + r * (height + padding), padding + c * (width + padding)
+            grid[:, top : top + height, left : left + width] = image
+    return (grid.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+def _send(logger: Any, images: dict[str, np.ndarray], stage: str, step: int) -> None:
+    if isinstance(logger, WandbLogger):
+        logger.log_image(key=f"episodes/{stage}", images=list(images.values()), caption=list(images), step=step)
+    elif isinstance(logger, TensorBoardLogger):
+        for name, image in images.items():
+            logger.experiment.add_image(f"episodes/{name}", image, step, dataformats="HWC")
+    elif getattr(logger, "log_dir", None):
+        folder = Path(logger.log_dir) / "episodes"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, image in images.items():
+            Image.fromarray(image).save(folder / f"{name}.png")
+
+
+__all__ = ["EpisodeImageLogger", "StepSizeMonitor", "episode_grid"]
