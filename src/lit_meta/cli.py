@@ -15,6 +15,7 @@ import importlib
 import inspect
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -207,7 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given[:1] == ["--version"]:
         print(f"lit-meta {__version__}")
         return 0
-    MetaLearningCLI(args=None if argv is None else given)
+    if argv is None:
+        MetaLearningCLI()
+        return 0
+    with warnings.catch_warnings():
+        # Called from Python (tests, notebooks) the process's own sys.argv is unrelated to argv.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        MetaLearningCLI(args=given)
     return 0
 
 

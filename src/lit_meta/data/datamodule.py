@@ -160,8 +160,20 @@ class EpisodicDataModule(L.LightningDataModule):
         return self.episode_loader("test")
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler positions, saved in Lightning checkpoints."""
-        return {"samplers": {split: s.state_dict() for split, s in self.samplers.items()}}
+        """Sampler positions, saved in Lightning checkpoints.
+
+        The training stream's position is the number of episodes the training
+        steps have consumed, not the number drawn: DataLoader workers and
+        Lightning's prefetching draw ahead, so the sampler's own count would
+        skip episodes on resume. Resuming from any checkpoint, mid-epoch
+        included, therefore replays exactly the episodes of an uninterrupted run.
+        """
+        samplers = {split: s.state_dict() for split, s in self.samplers.items()}
+        trainer = self.trainer
+        if "train" in samplers and trainer is not None and trainer.state.fn == "fit":
+            consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            samplers["train"].update(epoch=trainer.current_epoch, position=consumed * self.batch_sizes["train"])
+        return {"samplers": samplers}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore sampler positions (applied when the samplers are built, if not yet)."""

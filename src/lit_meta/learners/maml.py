@@ -28,6 +28,7 @@ from lit_meta.functional import (
 from lit_meta.learners.base import MetaLearner, TaskModel, loss_with_gradients
 
 Execution = Literal["auto", "loop", "vmap"]
+EXECUTION_PATH_KEY = "lit_meta_maml_execution_path"
 
 
 class MAML(MetaLearner):
@@ -155,6 +156,15 @@ class MAML(MetaLearner):
         if self._measured_path is None:
             self._measured_path = self._measure_paths(batch)
         return self._measured_path
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # Kept so a resumed run takes the same path: the paths agree to rounding, not bitwise.
+        checkpoint[EXECUTION_PATH_KEY] = self._measured_path
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._measured_path = checkpoint.get(EXECUTION_PATH_KEY, self._measured_path)
 
     def _measure_paths(self, batch: EpisodeBatch) -> Literal["loop", "vmap"]:
         """Times one meta-gradient on each path (after a warm-up call) and returns the faster.

@@ -1,0 +1,107 @@
+"""Resuming ``lit-meta fit`` from a mid-epoch checkpoint replays the uninterrupted run bitwise."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lit_meta.cli import main
+
+STEPS = 10
+EPISODES_PER_EPOCH = 8  # 4 steps of 2 tasks: checkpoints at steps 3 and 6 fall inside epochs 0 and 1
+
+
+def write_config(root: Path, learner: dict, num_workers: int) -> Path:
+    config = {
+        "model": learner,
+        "data": {
+            "dataset": "glyphs",
+            "root": str(root / "glyphs"),
+            "dataset_kwargs": {"num_classes": 60, "drawings_per_class": 6},
+            "ways": 3,
+            "shots": 1,
+            "queries": 2,
+            "meta_batch_size": 2,
+            "train_episodes": EPISODES_PER_EPOCH,
+            "val_episodes": 2,
+            "test_episodes": 2,
+            "num_workers": num_workers,
+        },
+        "trainer": {
+            "max_steps": STEPS,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"every_n_train_steps": 3, "save_top_k": -1, "filename": "{step}", "save_last": True},
+                }
+            ],
+        },
+    }
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit(config: Path, save_dir: Path, *extra: str) -> Path:
+    main(["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(save_dir), *extra])
+    (version,) = (save_dir / "lightning_logs").iterdir()
+    return version
+
+
+def train_losses(version: Path) -> dict[int, str]:
+    """``step -> train/loss`` exactly as logged (the CSV keeps every digit of the float)."""
+    with open(version / "metrics.csv") as file:
+        return {int(row["step"]): row["train/loss"] for row in csv.DictReader(file) if row.get("train/loss")}
+
+
+def final_weights(version: Path) -> dict[str, torch.Tensor]:
+    return torch.load(version / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+CONV4 = {"class_path": "lit_meta.backbones.Conv4", "init_args": {"in_channels": 1, "hidden_channels": 8}}
+LEARNERS = {
+    "protonet": {"class_path": "lit_meta.ProtoNet", "init_args": {"backbone": {**CONV4}}},
+    "maml": {
+        "class_path": "lit_meta.MAML",
+        "init_args": {
+            "backbone": {**CONV4, "init_args": {**CONV4["init_args"], "out_features": 3}},
+            "inner_lr": 0.4,
+            "learn_inner_lr": True,
+        },
+    },
+}
+LEARNERS["protonet"]["init_args"]["backbone"]["init_args"] = {**CONV4["init_args"], "out_features": None}
+
+
+@pytest.mark.parametrize(
+    ("learner", "num_workers"), [("protonet", 0), ("protonet", 2), ("maml", 0)], ids=["protonet", "workers", "maml"]
+)
+def test_resume_from_mid_epoch_checkpoint_equals_uninterrupted_run(tmp_path, learner, num_workers):
+    config = write_config(tmp_path, LEARNERS[learner], num_workers)
+    uninterrupted = fit(config, tmp_path / "uninterrupted")
+    checkpoint = uninterrupted / "checkpoints" / "step=6.ckpt"  # mid-way through epoch 1
+    assert checkpoint.is_file()
+    resumed = fit(config, tmp_path / "resumed", "--ckpt_path", str(checkpoint))
+
+    expected, replayed = train_losses(uninterrupted), train_losses(resumed)
+    assert sorted(replayed) == [s for s in sorted(expected) if s >= 6]  # logged step = global_step - 1
+    assert {s: expected[s] for s in replayed} == replayed  # same episodes, same losses, bit for bit
+    before, after = final_weights(uninterrupted), final_weights(resumed)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_records_episodes_consumed_not_prefetched(tmp_path):
+    """With DataLoader workers the sampler runs ahead of training; the checkpoint must not."""
+    config = write_config(tmp_path, LEARNERS["protonet"], num_workers=2)
+    version = fit(config, tmp_path / "run")
+    state = torch.load(version / "checkpoints" / "step=3.ckpt", map_location="cpu", weights_only=True)
+    train = state["EpisodicDataModule"]["samplers"]["train"]
+    assert (train["epoch"], train["position"]) == (0, 3 * 2)
