@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lit_meta.backbones.config import RecordsConfig
+
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """``conv3x3 (padding 1) -> BatchNorm2d -> maxpool 2 -> ReLU``: halves height and width.
@@ -21,7 +23,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class Conv4(nn.Module):
+class Conv4(RecordsConfig, nn.Module):
     """Four blocks of ``conv3x3 -> BatchNorm -> ReLU -> maxpool 2``, then flatten and an optional linear head.
 
     The embedding network of Matching Networks (Vinyals et al., 2016, "Matching

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from lit_meta.backbones.config import RecordsConfig
 
-class MLP(nn.Module):
+
+class MLP(RecordsConfig, nn.Module):
     """``flatten -> [Linear -> (BatchNorm1d) -> ReLU] x len(hidden) -> Linear head``.
 
     Args:

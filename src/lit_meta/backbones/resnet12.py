@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_meta.backbones.config import RecordsConfig
+
 
 def conv3x3_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(out_channels)]
@@ -42,7 +44,7 @@ class ResidualBlock(nn.Module):
         return F.dropout(out, self.drop_rate, self.training) if self.drop_rate > 0 else out
 
 
-class ResNet12(nn.Module):
+class ResNet12(RecordsConfig, nn.Module):
     """Four residual blocks (each halving the image), global average pooling, optional linear head.
 
     The backbone of MetaOptNet (Lee et al., 2019, "Meta-Learning with

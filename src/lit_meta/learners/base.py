@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from lit_meta.backbones.config import build_from_config
 from lit_meta.data.datasets.base import TaskDistribution
 from lit_meta.data.episode import Episode, EpisodeBatch
 from lit_meta.data.sampler import EpisodeShape
@@ -104,11 +105,15 @@ class MetaLearner(L.LightningModule, ABC):
             )
         # The backbone is kept in the hyperparameters so that load_from_checkpoint
         # rebuilds the learner without user code: as its class path and init args
-        # when LightningCLI built it (a plain, weights_only-loadable config), else
-        # as the module object itself (pickled).
+        # when LightningCLI built it or it records them (lit-meta's backbones), a
+        # plain config that loads with weights_only=True; else as the module
+        # object itself (pickled).
         given = _given_hyperparameters.get()
         self.save_hyperparameters(ignore=["backbone"])
-        self.hparams["backbone"] = given["backbone"] if given and "backbone" in given else backbone
+        if given and "backbone" in given:
+            self.hparams["backbone"] = given["backbone"]
+        else:
+            self.hparams["backbone"] = getattr(backbone, "init_config", None) or backbone
         self.backbone = backbone
         self.metrics = nn.ModuleDict(
             {
@@ -127,17 +132,18 @@ class MetaLearner(L.LightningModule, ABC):
         checkpoint holds (``MetaLearner.load_from_checkpoint(path)``); the
         learner's class must be imported (lit-meta's own always are).
 
-        A backbone built by ``lit-meta`` (LightningCLI) is stored as its class
-        path and arguments. One passed as an object from Python is stored as a
-        pickled module, which ``torch.load(weights_only=True)`` (torch's default
+        A backbone built by ``lit-meta`` (LightningCLI), or one of lit-meta's
+        backbones, is stored as its class path and arguments. Any other module
+        is stored pickled, which ``torch.load(weights_only=True)`` (torch's default
         since 2.6) refuses, so this loads with ``weights_only=False``: only load
         checkpoints you trust, as with any pickle. Pass ``backbone=...`` to
         rebuild it yourself instead.
         """
-        learner = cls
-        if inspect.isabstract(cls):
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=weights_only)
-            learner = _recorded_learner(checkpoint, cls)
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=weights_only)
+        learner = _recorded_learner(checkpoint, cls) if inspect.isabstract(cls) else cls
+        hparams = checkpoint.get("hyper_parameters", {})
+        if "backbone" not in kwargs and "_instantiator" not in hparams and isinstance(hparams.get("backbone"), Mapping):
+            kwargs["backbone"] = build_from_config(hparams["backbone"])
         return super(MetaLearner, learner).load_from_checkpoint(
             checkpoint_path, *args, weights_only=weights_only, **kwargs
         )

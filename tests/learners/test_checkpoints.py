@@ -1,0 +1,79 @@
+"""Checkpoints: any learner loads from the base class; lit-meta backbones are stored as configs."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lit_meta.backbones import MLP
+from lit_meta.backbones.config import build_from_config
+from lit_meta.data.datamodule import EpisodicDataModule
+from lit_meta.learners import MAML, MetaLearner, ProtoNet
+
+from ..conftest import TinyImages
+
+
+def fit_and_save(model: MetaLearner, path, steps: int = 2) -> L.Trainer:
+    dm = EpisodicDataModule(TinyImages(), ways=3, shots=1, queries=2, meta_batch_size=2, train_episodes=4)
+    trainer = L.Trainer(
+        max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(path)
+    return trainer
+
+
+def tiny_mlp(out_features: int | None) -> MLP:
+    return MLP(in_features=64, hidden=[16], out_features=out_features, batch_norm=True)
+
+
+@pytest.mark.parametrize("make", [lambda: ProtoNet(tiny_mlp(None)), lambda: MAML(tiny_mlp(3), inner_lr=0.3)])
+def test_base_class_loads_any_learner_with_weights_only(tmp_path, make):
+    model = make()
+    fit_and_save(model, tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)  # no pickled module inside
+    assert checkpoint["hyper_parameters"]["backbone"]["class_path"] == "lit_meta.backbones.mlp.MLP"
+    restored = MetaLearner.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
+    assert type(restored) is type(model)
+    for (name, a), (_, b) in zip(model.state_dict().items(), restored.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_plain_trainer_resumes_a_python_api_checkpoint(tmp_path):
+    """No weights_only=False needed: the backbone is a config, not a pickle."""
+    fit_and_save(ProtoNet(tiny_mlp(None)), tmp_path / "model.ckpt", steps=2)
+    resumed = ProtoNet(tiny_mlp(None))
+    dm = EpisodicDataModule(TinyImages(), ways=3, shots=1, queries=2, meta_batch_size=2, train_episodes=4)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(resumed, dm, ckpt_path=tmp_path / "model.ckpt")
+    assert trainer.global_step == 3
+
+
+def test_custom_backbone_is_pickled_and_still_restores(tmp_path):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    fit_and_save(MAML(net, inner_lr=0.3), tmp_path / "model.ckpt")
+    restored = MetaLearner.load_from_checkpoint(tmp_path / "model.ckpt")  # weights_only=False by default
+    assert isinstance(restored.backbone, nn.Sequential)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        MetaLearner.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=True)
+
+
+def test_checkpoint_of_an_unknown_learner_is_refused(tmp_path):
+    fit_and_save(ProtoNet(tiny_mlp(None)), tmp_path / "model.ckpt")
+    checkpoint = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    checkpoint["lit_meta_learner"] = "os.system"
+    torch.save(checkpoint, tmp_path / "forged.ckpt")
+    with pytest.raises(ValueError, match="not an imported subclass of MetaLearner"):
+        MetaLearner.load_from_checkpoint(tmp_path / "forged.ckpt", weights_only=True)
+
+
+def test_backbone_config_builds_only_recording_backbones():
+    assert isinstance(build_from_config(tiny_mlp(5).init_config), MLP)
+    with pytest.raises(ValueError, match="not a backbone that records its config"):
+        build_from_config({"class_path": "torch.nn.Linear", "init_args": {"in_features": 1, "out_features": 1}})
+    assert tiny_mlp(5).init_config["init_args"]["out_features"] == 5
+    assert nn.Sequential().__dict__.get("init_config") is None
