@@ -173,7 +173,11 @@ class EpisodicDataModule(L.LightningDataModule):
         if "train" in samplers and trainer is not None and trainer.state.fn == "fit":
             consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
             samplers["train"].update(epoch=trainer.current_epoch, position=consumed * self.batch_sizes["train"])
-        return {"samplers": samplers}
+        state: dict[str, Any] = {"samplers": samplers}
+        # Image decoding, so `lit-meta adapt` reads new images as training did (not restored on resume).
+        if (preprocessing := self.dataset.image_preprocessing()) is not None:
+            state["preprocessing"] = preprocessing.to_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore sampler positions (applied when the samplers are built, if not yet)."""

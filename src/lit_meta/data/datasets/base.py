@@ -10,13 +10,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lit_meta.errors import DatasetError
+
+if TYPE_CHECKING:
+    from lit_meta.data.preprocessing import ImagePreprocessing
 
 SplitName = Literal["train", "val", "test"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("train", "val", "test")
@@ -247,6 +250,14 @@ class MetaDataset(ABC):
     @abstractmethod
     def split(self, name: SplitName) -> ClassIndexedDataset | TaskDistribution:
         """The meta-train (``"train"``), meta-val (``"val"``) or meta-test (``"test"``) split."""
+
+    def image_preprocessing(self) -> ImagePreprocessing | None:
+        """How an image file becomes one of this family's items, or ``None`` if items are not images.
+
+        Checkpoints store it, so ``lit-meta adapt`` decodes new images as training
+        did. Default ``None`` (regression tasks, or a family that does not say).
+        """
+        return None
 
 
 def split_classes_by_fraction(num_classes: int, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:

@@ -29,6 +29,7 @@ from lit_meta.data.datasets.base import (
     Transform,
     split_classes_by_fraction,
 )
+from lit_meta.data.preprocessing import ImagePreprocessing, describe_transform
 from lit_meta.errors import DatasetError
 
 FORMAT_VERSION = 1
@@ -363,3 +364,14 @@ class ProceduralGlyphs(MetaDataset):
         rotated = RotatedClasses(subset, self.rotations)
         rotated.transform = self.transform
         return rotated
+
+    def image_preprocessing(self) -> ImagePreprocessing:
+        """Grey-scale ``image_size`` squares, not inverted: files of new glyph-like images
+        must be bright (white) ink on black, as the generated ones are.
+
+        A custom ``transform`` is not stored in checkpoints (only its name, so
+        ``lit-meta adapt`` can warn that it is not applied).
+        """
+        return ImagePreprocessing(
+            "L", (self.image_size, self.image_size), invert=False, custom_transform=describe_transform(self.transform)
+        )

@@ -19,8 +19,27 @@ from lit_meta.data.datasets.base import (
     Transform,
     split_classes_by_fraction,
 )
+from lit_meta.data.preprocessing import ImagePreprocessing, describe_transform
 from lit_meta.data.transforms import IMAGE_EXTENSIONS, ImageMode, load_image
 from lit_meta.errors import DatasetError
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The sub-folders of ``root``, sorted by name; names starting with ``.`` are skipped."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly inside ``folder`` (not in its sub-folders), sorted by name.
+
+    Images end in one of :data:`~lit_meta.data.transforms.IMAGE_EXTENSIONS` (any
+    case); other files, and names starting with ``.``, are skipped.
+    """
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 class ImageFileDataset(ClassIndexedDataset):
@@ -128,16 +147,12 @@ class ImageFolder(MetaDataset):
         """Image files of every class folder, by class name (sorted)."""
         if not self.root.is_dir():
             raise DatasetError(f"image folder {self.root} does not exist; expected {self.root}/<class>/<image files>")
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = class_folders(self.root)
         if not folders:
             raise DatasetError(f"no class folders in {self.root}; expected {self.root}/<class>/<image files>")
         files = {}
         for folder in folders:
-            images = sorted(
-                p
-                for p in folder.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            images = image_files(folder)
             if not images:
                 raise DatasetError(
                     f"class folder {folder} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
@@ -186,6 +201,16 @@ class ImageFolder(MetaDataset):
             return ImageFileDataset(files, labels, classes, class_ids, self.transform, self.mode, self.image_size)
         data = torch.stack([load_image(path, self.mode, self.image_size) for path in files])
         return TensorClassDataset(data, labels, classes, class_ids, self.transform)
+
+    def image_preprocessing(self) -> ImagePreprocessing:
+        """``mode`` at ``image_size``, not inverted: new images are read as the class folders were.
+
+        A custom ``transform`` is not stored in checkpoints (only its name, so
+        ``lit-meta adapt`` can warn that it is not applied).
+        """
+        return ImagePreprocessing(
+            self.mode, self.image_size, invert=False, custom_transform=describe_transform(self.transform)
+        )
 
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, image_size={self.image_size}, mode={self.mode!r})"

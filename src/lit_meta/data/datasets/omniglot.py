@@ -26,6 +26,7 @@ from lit_meta.data.datasets.base import (
     Transform,
 )
 from lit_meta.data.download import download_url
+from lit_meta.data.preprocessing import ImagePreprocessing, describe_transform
 from lit_meta.data.transforms import decode_image, invert
 from lit_meta.errors import DatasetError
 
@@ -404,6 +405,17 @@ class Omniglot(MetaDataset):
             rotated.class_names,
             class_ids=rotated.class_ids,
             transform=self.transform,
+        )
+
+    def image_preprocessing(self) -> ImagePreprocessing:
+        """Grey-scale ``image_size`` squares, inverted: new files are read like the release's
+        black-on-white drawings and become bright ink on black.
+
+        A custom ``transform`` is not stored in checkpoints (only its name, so
+        ``lit-meta adapt`` can warn that it is not applied).
+        """
+        return ImagePreprocessing(
+            "L", (self.image_size, self.image_size), invert=True, custom_transform=describe_transform(self.transform)
         )
 
     def __repr__(self) -> str:
