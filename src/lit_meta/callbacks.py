@@ -19,15 +19,18 @@ class StepSizeMonitor(L.Callback):
     """Logs the outer learning rates and the learner's learned inner-loop step sizes.
 
     Every training step (thinned by the Trainer's ``log_every_n_steps``) it logs
-    ``lr/group{i}`` for each parameter group of each optimiser and, for
-    learners with learned inner step sizes (MAML++'s LSLR, Meta-SGD), the
-    values of :meth:`~lit_meta.learners.MetaLearner.learned_step_sizes` under
-    ``inner_lr/...``. Unlike Lightning's ``LearningRateMonitor`` it needs no
-    logger, so it can stay on in every run.
+    ``lr`` (``lr/group{g}``, ``lr/optimizer{o}/...`` when there are several
+    parameter groups or optimisers) and, for learners with learned inner step
+    sizes (MAML++'s LSLR, Meta-SGD), the values of
+    :meth:`~lit_meta.learners.MetaLearner.learned_step_sizes` under
+    ``inner_lr/...``. The values are read at the start of the step, so each is
+    the rate that step used (Lightning steps the schedulers before
+    ``on_train_batch_end``). Unlike Lightning's ``LearningRateMonitor`` it needs
+    no logger, so it can stay on in every run.
     """
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         values: dict[str, float] = {}
         for o, optimizer in enumerate(trainer.optimizers):
@@ -113,7 +116,12 @@ def episode_grid(x: Tensor, y: Tensor, ways: int, padding: int = 2) -> np.ndarra
 
 def _send(logger: Any, images: dict[str, np.ndarray], stage: str, step: int) -> None:
     if isinstance(logger, WandbLogger):
-        logger.log_image(key=f"episodes/{stage}", images=list(images.values()), caption=list(images), step=step)
+        # One key per kind of grid: W&B shows all the images of a key at one size.
+        for part in ("support", "query"):
+            names = [name for name in images if name.endswith(part)]
+            logger.log_image(
+                key=f"episodes/{stage}_{part}", images=[images[n] for n in names], caption=names, step=step
+            )
     elif isinstance(logger, TensorBoardLogger):
         for name, image in images.items():
             logger.experiment.add_image(f"episodes/{name}", image, step, dataformats="HWC")
