@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import re
 import sys
 import warnings
@@ -20,9 +21,10 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from jsonargparse import lazy_instance
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_meta import __version__, learners
@@ -93,6 +95,7 @@ class MetaLearningCLI(LightningCLI):
             **kwargs.pop("trainer_defaults", {}),
         }
         kwargs.setdefault("parser_class", _ArgumentParser)
+        kwargs.setdefault("save_config_callback", _SaveConfigInRunDir)
         super().__init__(
             MetaLearner,
             EpisodicDataModule,
@@ -135,6 +138,35 @@ def test_summary(metrics: dict[str, Any], datamodule: Any) -> str | None:
             mean, ci95 = float(metrics[f"test/{name}"]), float(metrics.get(f"test/{name}_ci95", float("nan")))
             return f"test/{name} {format_mean_ci(mean, ci95, episodes, percent=percent)}"
     return None
+
+
+class _SaveConfigInRunDir(SaveConfigCallback):
+    """Writes ``config.yaml`` into the run's own folder, for every logger.
+
+    Lightning writes it to ``trainer.log_dir``, which for loggers without a
+    versioned folder (W&B) is the shared ``save_dir``, so a second run there
+    failed. CSV and TensorBoard runs keep their ``log_dir``; others use
+    ``<save_dir>/<name>/<version>/``, next to the checkpoints.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        logger = trainer.logger
+        if logger is None:
+            directory = trainer.default_root_dir
+        elif isinstance(logger, (CSVLogger, TensorBoardLogger)):
+            directory = logger.log_dir
+        else:
+            _ = logger.experiment  # starts the run, which gives it its version
+            save_dir = logger.save_dir or trainer.default_root_dir
+            directory = os.path.join(save_dir, str(logger.name), str(logger.version))
+        path = os.path.join(directory, self.config_filename)
+        if os.path.isfile(path) and not self.overwrite:
+            raise RuntimeError(f"{path} exists: a previous run wrote it; choose another save_dir or version")
+        os.makedirs(directory, exist_ok=True)
+        self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
 
 
 class _ArgumentParser(LightningArgumentParser):

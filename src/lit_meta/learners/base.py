@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import sys
 from abc import ABC, abstractmethod
@@ -114,6 +115,8 @@ class MetaLearner(L.LightningModule, ABC):
             self.hparams["backbone"] = given["backbone"]
         else:
             self.hparams["backbone"] = getattr(backbone, "init_config", None) or backbone
+        if isinstance(self.hparams["backbone"], Mapping):  # loggers read the initial snapshot
+            self._hparams_initial["backbone"] = copy.deepcopy(self.hparams["backbone"])
         self.backbone = backbone
         self.metrics = nn.ModuleDict(
             {
