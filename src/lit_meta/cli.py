@@ -125,14 +125,14 @@ class MetaLearningCLI(LightningCLI):
         self.after_test()
 
     def after_test(self) -> None:
-        summary = test_summary(self.trainer.callback_metrics, self.datamodule)
+        summary = test_summary(self.trainer.callback_metrics)
         if summary:
             rank_zero_info(summary)
 
 
-def test_summary(metrics: dict[str, Any], datamodule: Any) -> str | None:
+def test_summary(metrics: dict[str, Any]) -> str | None:
     """``"test/acc 97.10 ± 0.45 % (95% CI over 600 episodes)"`` from the logged test metrics."""
-    episodes = getattr(datamodule, "num_episodes", {}).get("test", 0)
+    episodes = int(metrics.get("test/episodes", 0))
     for name, percent in (("acc", True), ("mse", False)):
         if f"test/{name}" in metrics:
             mean, ci95 = float(metrics[f"test/{name}"]), float(metrics.get(f"test/{name}_ci95", float("nan")))

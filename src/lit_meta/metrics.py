@@ -18,7 +18,7 @@ class EpisodeMeanCI(Metric):
     """Mean of a per-episode score and the half-width of its 95% confidence interval.
 
     ``update`` takes one value per episode (e.g. the query accuracy of each task
-    of a meta-batch); ``compute`` returns ``{"mean": m, "ci95": 1.96 * s / sqrt(n)}``
+    of a meta-batch); ``compute`` returns ``{"mean": m, "ci95": 1.96 * s / sqrt(n), "count": n}``
     with ``s`` the sample standard deviation over all episodes seen, synced
     across processes under DDP (sums of values, squares and counts are reduced).
     """
@@ -43,7 +43,7 @@ class EpisodeMeanCI(Metric):
         mean = self.total / n.clamp(min=1)
         var = (self.total_sq - n * mean.square()) / (n - 1).clamp(min=1)
         ci = Z_95 * var.clamp(min=0).sqrt() / n.clamp(min=1).sqrt()
-        return {"mean": mean.float(), "ci95": ci.float()}
+        return {"mean": mean.float(), "ci95": ci.float(), "count": self.count.clone()}
 
 
 def format_mean_ci(mean: float, ci95: float, episodes: int, percent: bool = True) -> str:

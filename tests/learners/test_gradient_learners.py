@@ -177,7 +177,8 @@ def test_fit_test_predict_under_a_default_trainer(learner_cls):
     t = trainer(max_epochs=1)
     t.fit(learner, dm)
     (scores,) = t.test(learner, dm)
-    assert set(scores) == {"test/loss", "test/loss_ci95", "test/acc", "test/acc_ci95"}
+    assert set(scores) == {"test/loss", "test/loss_ci95", "test/acc", "test/acc_ci95", "test/episodes"}
+    assert scores["test/episodes"] == dm.num_episodes["test"]
     assert 0 <= scores["test/acc"] <= 1 and scores["test/acc_ci95"] >= 0
     predictions = t.predict(learner, dm)
     assert predictions[0].shape == (4, 6) and predictions[0].max() < 3
@@ -207,7 +208,7 @@ def test_checkpoint_restores_without_user_code(tmp_path):
 def test_head_size_must_match_ways_before_any_step(run):
     model = MAML(small_net(ways=4))
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(EpisodeConfigError, match="has 4 outputs but the (train|val) episodes are 3-way"):
+    with pytest.raises(EpisodeConfigError, match=r"has 4 outputs but the (train|val) episodes are 3-way"):
         getattr(trainer(fast_dev_run=1), run)(model, datamodule())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 

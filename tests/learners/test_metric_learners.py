@@ -239,7 +239,8 @@ def test_fit_with_more_training_ways_then_test_and_predict_under_a_default_train
     t.fit(model, dm)
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
     (scores,) = t.test(model, dm)
-    assert set(scores) == {"test/loss", "test/loss_ci95", "test/acc", "test/acc_ci95"}
+    assert set(scores) == {"test/loss", "test/loss_ci95", "test/acc", "test/acc_ci95", "test/episodes"}
+    assert scores["test/episodes"] == dm.num_episodes["test"]
     assert 0 <= scores["test/acc"] <= 1 and scores["test/acc_ci95"] >= 0 and math.isfinite(scores["test/loss"])
     predictions = t.predict(model, dm)
     assert predictions[0].shape == (4, 6) and predictions[0].max() < 3

@@ -30,7 +30,8 @@ class EpisodicDataModule(L.LightningDataModule):
     Args:
         dataset: a registered name (see :data:`lit_meta.data.datasets.DATASETS`)
             or a :class:`~lit_meta.data.datasets.MetaDataset` instance.
-        root: where datasets that read files keep them.
+        root: where datasets that read files keep them; default: each
+            dataset's own (``data`` for Omniglot, the user cache for the glyphs).
         dataset_kwargs: extra constructor arguments of a dataset given by name.
         ways: classes per episode (all splits unless overridden). Regression
             datasets have no classes and ignore it.
@@ -54,7 +55,7 @@ class EpisodicDataModule(L.LightningDataModule):
     def __init__(
         self,
         dataset: str | MetaDataset = "glyphs",
-        root: str = "data",
+        root: str | None = None,
         dataset_kwargs: dict[str, Any] | None = None,
         ways: int = 5,
         shots: int = 1,

@@ -268,13 +268,17 @@ class MetaLearner(L.LightningModule, ABC):
             )
 
     def _log_epoch_metrics(self, stage: Literal["val", "test"]) -> None:
+        episodes = 0.0
         for name, metric in self.metrics[stage].items():
             if metric.update_count == 0:
                 continue
             values = metric.compute()
             self.log(f"{stage}/{name}", values["mean"], prog_bar=name in ("acc", "mse"))
             self.log(f"{stage}/{name}_ci95", values["ci95"])
+            episodes = float(values["count"])
             metric.reset()
+        if episodes:
+            self.log(f"{stage}/episodes", episodes)  # how many episodes the mean and CI are over
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from lit_meta.data.datasets.base import (
@@ -37,7 +38,7 @@ def build_dataset(name: str, root: str | None = None, **kwargs: Any) -> MetaData
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
     family = DATASETS[key]
-    if root is not None and "root" in family.__init__.__code__.co_varnames:
+    if root is not None and "root" in inspect.signature(family).parameters:
         kwargs["root"] = root
     return family(**kwargs)
 
