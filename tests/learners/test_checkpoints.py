@@ -10,7 +10,7 @@ from torch import nn
 from lit_meta.backbones import MLP
 from lit_meta.backbones.config import build_from_config
 from lit_meta.data.datamodule import EpisodicDataModule
-from lit_meta.learners import MAML, MetaLearner, ProtoNet
+from lit_meta.learners import ANIL, MAML, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile, SiameseNet
 
 from ..conftest import TinyImages
 
@@ -30,7 +30,18 @@ def tiny_mlp(out_features: int | None) -> MLP:
     return MLP(in_features=64, hidden=[16], out_features=out_features, batch_norm=True)
 
 
-@pytest.mark.parametrize("make", [lambda: ProtoNet(tiny_mlp(None)), lambda: MAML(tiny_mlp(3), inner_lr=0.3)])
+LEARNERS = {
+    "ProtoNet": lambda: ProtoNet(tiny_mlp(None)),
+    "MatchingNet": lambda: MatchingNet(tiny_mlp(None), fce=True),
+    "SiameseNet": lambda: SiameseNet(tiny_mlp(None)),
+    "MAML": lambda: MAML(tiny_mlp(3), inner_lr=0.3, learn_inner_lr=True),
+    "ANIL": lambda: ANIL(tiny_mlp(3), inner_lr=0.3),
+    "MetaSGD": lambda: MetaSGD(tiny_mlp(3), inner_lr=0.3),
+    "Reptile": lambda: Reptile(tiny_mlp(3), inner_steps=2),
+}  # RelationNet (feature-map backbone): tests/learners/test_metric_learners.py
+
+
+@pytest.mark.parametrize("make", LEARNERS.values(), ids=LEARNERS.keys())
 def test_base_class_loads_any_learner_with_weights_only(tmp_path, make):
     model = make()
     fit_and_save(model, tmp_path / "model.ckpt")
