@@ -155,6 +155,8 @@ class _SaveConfigInRunDir(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         logger = trainer.logger
         if logger is None:
+            if stage != "fit":
+                return  # no run folder to keep it in; an evaluation changes nothing to reproduce
             directory = trainer.default_root_dir
         elif isinstance(logger, (CSVLogger, TensorBoardLogger)):
             directory = logger.log_dir
