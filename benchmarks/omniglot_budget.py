@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import shlex
@@ -39,11 +40,13 @@ PAPER = {  # test accuracy (%) as published; Vinyals et al. 2016 tabulate Siames
 def run(learner: str, setting: str, args: argparse.Namespace) -> dict:
     config = REPO / "configs" / learner / f"omniglot_{setting}.yaml"
     save_dir = args.out / "logs" / f"{learner}_{setting}"
+    data = data_config(config)
+    dataset_kwargs = {**(data.get("dataset_kwargs") or {}), "cache_dir": str(args.cache)}
     command = [
         "lit-meta", "fit", "--config", str(config),
         "--data.root", str(args.data),
-        "--data.dataset_kwargs", f"{{cache_dir: {args.cache}}}",
-        "--data.train_episodes", str(args.val_every * meta_batch_size(config)),
+        "--data.dataset_kwargs", json.dumps(dataset_kwargs),
+        "--data.train_episodes", str(args.val_every * data.get("meta_batch_size", 32)),
         "--trainer.max_time", f"00:00:{args.minutes:02d}:00",
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(save_dir),
@@ -73,13 +76,14 @@ def run(learner: str, setting: str, args: argparse.Namespace) -> dict:
     }
 
 
-def meta_batch_size(config: Path) -> int:
+def data_config(config: Path) -> dict:
+    """The ``data`` section of a config (its dataset_kwargs are kept when the cache folder is added)."""
     import yaml
 
-    return int(yaml.safe_load(config.read_text())["data"].get("meta_batch_size", 32))
+    return yaml.safe_load(config.read_text())["data"]
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, minutes: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,7 +95,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.plot(steps, [100 * a for a in accs], marker="o", label=f"{r['setting']} (test {r['acc']:.1f}%)")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{results[0]['learner']} on Omniglot, {results[0]['wall_s'] / 60:.0f} min per setting (2-core CPU)")
+    ax.set_title(f"{results[0]['learner']} on Omniglot, {minutes} min of training per setting (2-core CPU)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -123,7 +127,7 @@ def main() -> None:
                 f"{r['wall_s'] / 60:.1f} min |",
                 flush=True,
             )
-        plot(results, args.out / f"omniglot_{learner}_curves.png")
+        plot(results, args.out / f"omniglot_{learner}_curves.png", args.minutes)
 
 
 if __name__ == "__main__":
