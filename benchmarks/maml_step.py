@@ -24,17 +24,14 @@ import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from subprocess_runs import JEMALLOC, JEMALLOC_CONF, run_configuration
+
 HERE = Path(__file__).resolve().parent
-JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
-# Without this, jemalloc returns freed pages to the OS and each step faults them back in:
-# measured 30-70% slower than glibc for both implementations.
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 CONFIGS = {
     "lit-meta loop, 2nd order": {"impl": "lit-meta", "execution": "loop", "first_order": False},
     "lit-meta loop, 1st order": {"impl": "lit-meta", "execution": "loop", "first_order": True},
@@ -111,10 +108,6 @@ def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float
 
 def launch(name: str, config: dict, args: argparse.Namespace, workdir: Path) -> dict | None:
     config = {**config, "key": name.replace(" ", "_").replace(",", "")}
-    env = dict(os.environ)
-    if args.allocator == "jemalloc":
-        env["LD_PRELOAD"] = str(JEMALLOC)
-        env["MALLOC_CONF"] = JEMALLOC_CONF
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--inner-lr", str(args.inner_lr),
               "--threads", str(args.threads), "--workdir", str(workdir), "--one", json.dumps(config)]  # fmt: skip
     if config["impl"] == "learn2learn":
@@ -123,11 +116,9 @@ def launch(name: str, config: dict, args: argparse.Namespace, workdir: Path) -> 
         command = [args.peer_python, str(HERE / "peers" / "learn2learn_maml.py"), *common]
     else:
         command = [sys.executable, __file__, *common]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        print(f"{name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+    result = run_configuration(command, args.allocator, name)
+    if result is None:
         return None
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     result["grads"] = workdir / f"grads-{config['key']}.pt"
     return result
 

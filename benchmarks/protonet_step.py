@@ -54,13 +54,12 @@ import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from maml_step import JEMALLOC, JEMALLOC_CONF
+from subprocess_runs import JEMALLOC, JEMALLOC_CONF, run_configuration
 
 HERE = Path(__file__).resolve().parent
 SETUPS = {  # name: (ways, shots, queries)
@@ -158,10 +157,6 @@ def launch(setup: str, name: str, args: argparse.Namespace, workdir: Path) -> di
     ways, shots, queries = SETUPS[setup]
     config = {**CONFIGS[name], "ways": ways, "shots": shots, "queries": queries, "setup_key": setup_key(setup)}
     config["key"] = f"{config['setup_key']}-{name.replace(' ', '_')}"
-    env = dict(os.environ)
-    if args.allocator == "jemalloc":
-        env["LD_PRELOAD"] = str(JEMALLOC)
-        env["MALLOC_CONF"] = JEMALLOC_CONF
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
               "--workdir", str(workdir), "--one", json.dumps(config)]  # fmt: skip
     if config["impl"] == "learn2learn":
@@ -170,11 +165,9 @@ def launch(setup: str, name: str, args: argparse.Namespace, workdir: Path) -> di
         command = [args.peer_python, str(HERE / "peers" / "learn2learn_protonet.py"), *common]
     else:
         command = [sys.executable, __file__, *common]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        print(f"{setup}, {name}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+    result = run_configuration(command, args.allocator, f"{setup}, {name}")
+    if result is None:
         return None
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     result["grads"] = workdir / f"grads-{config['key']}.pt"
     return result
 

@@ -17,10 +17,11 @@ import os
 import re
 import sys
 import warnings
+from argparse import RawDescriptionHelpFormatter
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from jsonargparse import lazy_instance
+from jsonargparse import DefaultHelpFormatter, lazy_instance
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -218,18 +219,8 @@ def init_arguments(cls: type) -> list[str]:
     return sorted(set(names))
 
 
-class _RawHelpFormatter:
+class _RawHelpFormatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):
     """Keeps the line breaks of the description and epilog (jsonargparse's default formatter reflows them)."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        from argparse import RawDescriptionHelpFormatter
-
-        from jsonargparse import DefaultHelpFormatter
-
-        class Formatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):
-            pass
-
-        return Formatter(*args, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
