@@ -14,16 +14,21 @@ JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
+def allocator_environment(allocator: str) -> dict[str, str]:
+    """This process's environment, with jemalloc preloaded (page decay off) when ``allocator == "jemalloc"``."""
+    env = dict(os.environ)
+    if allocator == "jemalloc":
+        env["LD_PRELOAD"] = str(JEMALLOC)
+        env["MALLOC_CONF"] = JEMALLOC_CONF
+    return env
+
+
 def run_configuration(command: list[str], allocator: str, label: str) -> dict | None:
     """Runs ``command`` (optionally under jemalloc) and returns the JSON its last stdout line holds.
 
     A failed run prints its label and the end of its stderr and returns ``None``.
     """
-    env = dict(os.environ)
-    if allocator == "jemalloc":
-        env["LD_PRELOAD"] = str(JEMALLOC)
-        env["MALLOC_CONF"] = JEMALLOC_CONF
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(command, env=allocator_environment(allocator), capture_output=True, text=True, check=False)
     if out.returncode != 0:
         print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
         return None
