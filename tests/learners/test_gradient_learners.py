@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
+
 import lightning as L
 import pytest
 import torch
@@ -68,23 +71,78 @@ def test_per_task_backward_gives_the_reference_meta_gradient(first_order):
         torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("fast_path", ["vmap", "compiled"])
 @pytest.mark.parametrize("first_order", [False, True])
 @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-def test_vmap_execution_matches_the_loop(first_order, dtype, rtol):
+def test_fast_execution_paths_match_the_loop(fast_path, first_order, dtype, rtol):
     batch = a_batch(dtype)
     grads = {}
-    for execution in ("loop", "vmap"):
+    for execution in ("loop", fast_path):
         learner = MAML(
             small_net(dtype=dtype), inner_lr=0.3, inner_steps=2, first_order=first_order, execution=execution
         )
         loss = learner.meta_loss(batch)
         loss.backward()
         grads[execution] = (loss.detach(), [p.grad for p in learner.parameters()])
-    torch.testing.assert_close(grads["loop"][0], grads["vmap"][0], rtol=rtol, atol=0)
+    torch.testing.assert_close(grads["loop"][0], grads[fast_path][0], rtol=rtol, atol=0)
     # Relative to the meta-gradient's scale: the conv bias before BatchNorm has a true gradient of 0.
     scale = max(float(g.abs().max()) for g in grads["loop"][1])
-    for a, b in zip(grads["loop"][1], grads["vmap"][1], strict=True):
+    for a, b in zip(grads["loop"][1], grads[fast_path][1], strict=True):
         torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * scale)
+
+
+def test_compiled_path_trains_under_the_trainer_and_the_learner_still_pickles(tmp_path):
+    learner = MAML(small_net(), inner_lr=0.3, execution="compiled")
+    before = [p.detach().clone() for p in learner.parameters()]
+    t = trainer(max_steps=2, limit_val_batches=1, default_root_dir=tmp_path)
+    t.fit(learner, datamodule())
+    assert all(not torch.equal(a, b) for a, b in zip(before, learner.parameters(), strict=True))
+    assert learner._compiled_query is not None
+    copy = pickle.loads(pickle.dumps(learner))  # DDP spawn and deepcopy pickle the module
+    assert copy._compiled_query is None
+    ep = a_batch()[0]
+    torch.testing.assert_close(
+        copy.adapt(ep.support_x, ep.support_y)(ep.query_x), learner.adapt(ep.support_x, ep.support_y)(ep.query_x)
+    )
+
+
+def auto_learner(monkeypatch, timings: dict[str, float], planned_s: float, compile_error: Exception | None = None):
+    """A MAML with ``execution="auto"`` whose path timings and planned training time are given."""
+    learner = MAML(small_net(), inner_lr=0.3)
+
+    def time_path(batch, path):
+        if path == "compiled" and compile_error is not None:
+            raise compile_error
+        return timings[path]
+
+    monkeypatch.setattr(learner, "_time_path", time_path)
+    monkeypatch.setattr(learner, "_planned_training_seconds", lambda step_seconds: planned_s)
+    return learner
+
+
+def test_auto_execution_tries_compiling_only_when_the_run_pays_for_it(monkeypatch, caplog):
+    timings = {"loop": 3.0, "vmap": 9.0, "compiled": 2.0}
+    short = auto_learner(monkeypatch, timings, planned_s=60.0)
+    assert short.execution_path(a_batch()) == "loop"
+    long = auto_learner(monkeypatch, timings, planned_s=3600.0)
+    assert long.execution_path(a_batch()) == "compiled"
+    broken = auto_learner(monkeypatch, timings, planned_s=3600.0, compile_error=RuntimeError("no C++ compiler"))
+    with caplog.at_level(logging.INFO):
+        assert broken.execution_path(a_batch()) == "loop"
+    assert "compiled not available: RuntimeError: no C++ compiler" in caplog.text
+
+
+def test_auto_execution_counts_the_steps_the_trainer_still_plans():
+    learner = MAML(small_net(), inner_lr=0.3, execution="loop")
+    assert learner._planned_training_seconds(1.0) == 0.0  # no Trainer: the run length is unknown
+    planned = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            planned.append(module._planned_training_seconds(2.0))
+
+    trainer(max_steps=6, limit_val_batches=0, callbacks=[Record()]).fit(learner, datamodule(train_episodes=4 * 10))
+    assert planned == [12.0, 10.0, 8.0, 6.0, 4.0, 2.0]
 
 
 def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights():
@@ -184,8 +242,9 @@ def test_fit_test_predict_under_a_default_trainer(learner_cls):
     assert predictions[0].shape == (4, 6) and predictions[0].max() < 3
 
 
-def test_bf16_mixed_precision_on_cpu():
-    learner = MAML(small_net(), inner_lr=0.3)
+@pytest.mark.parametrize("execution", ["auto", "compiled"])
+def test_bf16_mixed_precision_on_cpu(execution):
+    learner = MAML(small_net(), inner_lr=0.3, execution=execution)
     trainer(fast_dev_run=2, precision="bf16-mixed").fit(learner, datamodule())
     assert all(torch.isfinite(p).all() for p in learner.parameters())
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from lit_meta.functional.compiled import QueryForward
 from lit_meta.functional.inner_loop import StepSize, adapt
 from lit_meta.functional.params import functional_forward
 
@@ -54,6 +55,7 @@ def task_loss(
     first_order: bool = False,
     adapt_names: Collection[str] | None = None,
     check_finite: bool = True,
+    query_pass: QueryForward | None = None,
 ) -> TaskLoss:
     """Adapt ``params`` on one task's support set with :func:`~lit_meta.functional.inner_loop.adapt`,
     then run the query set through ``module`` with the adapted parameters.
@@ -72,6 +74,9 @@ def task_loss(
         first_order: see :func:`~lit_meta.functional.inner_loop.adapt`.
         adapt_names: the ``adapt`` argument of :func:`~lit_meta.functional.inner_loop.adapt`.
         check_finite: see :func:`~lit_meta.functional.inner_loop.adapt`.
+        query_pass: runs the query set instead of ``criterion(module(...))``, e.g. the
+            compiled :func:`~lit_meta.functional.compiled.query_forward` of the same module
+            and criterion; it must compute the same function.
     """
 
     def support_loss(p: dict[str, Tensor]) -> Tensor:
@@ -86,5 +91,9 @@ def task_loss(
         adapt=adapt_names,
         check_finite=check_finite,
     )
-    output = functional_forward(module, adapted.params, buffers, query_x)
-    return TaskLoss(criterion(output, query_y), output, adapted.support_losses, adapted.params)
+    if query_pass is None:
+        output = functional_forward(module, adapted.params, buffers, query_x)
+        loss = criterion(output, query_y)
+    else:
+        output, loss = query_pass(adapted.params, buffers, query_x, query_y)
+    return TaskLoss(loss, output, adapted.support_losses, adapted.params)
