@@ -13,6 +13,7 @@ from PyPI; ``benchmarks/peer_env.sh`` builds it): pass its interpreter with
 configuration, with page decay off (like with like).
 
     python benchmarks/maml_step.py --steps 7 --allocator jemalloc
+    python benchmarks/maml_step.py --rounds 3 --configs "lit-meta compiled, 2nd order" "learn2learn, 2nd order"
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = {
     "lit-meta loop, 2nd order": {"impl": "lit-meta", "execution": "loop", "first_order": False},
     "lit-meta loop, 1st order": {"impl": "lit-meta", "execution": "loop", "first_order": True},
+    "lit-meta compiled, 2nd order": {"impl": "lit-meta", "execution": "compiled", "first_order": False},
+    "lit-meta compiled, 1st order": {"impl": "lit-meta", "execution": "compiled", "first_order": True},
     "lit-meta vmap, 2nd order": {"impl": "lit-meta", "execution": "vmap", "first_order": False},
     "learn2learn, 2nd order": {"impl": "learn2learn", "first_order": False},
     "learn2learn, 1st order": {"impl": "learn2learn", "first_order": True},
@@ -42,6 +45,17 @@ CONFIGS = {
     "learn2learn eval": {"impl": "learn2learn", "first_order": False, "eval": True},
 }
 EVAL_EPISODES, EVAL_STEPS = 600, 10
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS counter (VmHWM), so one-off costs such as compiling are left out."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_since_reset_mb() -> float:
+    """VmHWM from ``/proc/self/status``: the peak RSS since :func:`reset_peak_rss`, in MB."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 
 def make_inputs(workdir: Path, ways: int, shots: int, queries: int, tasks: int) -> None:
@@ -87,6 +101,8 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     times = []
     for step in range(warmup + steps):
+        if step == warmup:
+            reset_peak_rss()
         start = time.perf_counter()
         optimizer.zero_grad()
         learner.meta_loss(batch).backward()
@@ -94,7 +110,7 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
             torch.save([p.grad.clone() for p in net.parameters()], workdir / f"grads-{config['key']}.pt")
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return {"times": times[warmup:]}
+    return {"times": times[warmup:], "steady_rss_mb": peak_rss_since_reset_mb()}
 
 
 def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float, threads: int) -> None:
@@ -127,6 +143,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=7, help="timed steps per configuration (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="fresh processes per configuration, interleaved; the median is over all their timed steps",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--inner-lr", type=float, default=0.4)
     parser.add_argument("--tasks", type=int, default=32)
@@ -149,17 +169,23 @@ def main() -> None:
           f"torch {torch.__version__}, {args.threads} threads, allocator {args.allocator}"
           + (f" (MALLOC_CONF={JEMALLOC_CONF})" if args.allocator == "jemalloc" else ""))  # fmt: skip
     print(f"step: Conv4-64, 28x28x1, 5-way 1-shot 15-query, meta-batch {args.tasks}, 1 inner step, "
-          f"lr {args.inner_lr}, Adam; median of {args.steps} steps after {args.warmup} warm-up")  # fmt: skip
+          f"lr {args.inner_lr}, Adam; median of {args.rounds} x {args.steps} steps, each process after "
+          f"{args.warmup} warm-up steps (the first compiles on the compiled path)")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         make_inputs(workdir, ways=5, shots=1, queries=15, tasks=args.tasks)
-        results = {}
-        for name in args.configs:
-            result = launch(name, CONFIGS[name], args, workdir)
-            if result is None:
-                print(f"{name}: skipped" + ("" if args.peer_python else " (no --peer-python)"))
-                continue
-            results[name] = result
+        results: dict[str, dict] = {}
+        # Rounds interleave the configurations, so a slow spell of the machine hits all of them alike.
+        for _ in range(args.rounds):
+            for name in args.configs:
+                result = launch(name, CONFIGS[name], args, workdir)
+                if result is None:
+                    print(f"{name}: skipped" + ("" if args.peer_python else " (no --peer-python)"))
+                    continue
+                merged = results.setdefault(name, {**result, "times": [], "peak_rss_mb": 0.0, "steady_rss_mb": 0.0})
+                merged["times"] += result["times"]
+                for key in ("peak_rss_mb", "steady_rss_mb"):
+                    merged[key] = max(merged[key], result.get(key, 0.0))
         report(results, args.tasks)
 
 
@@ -167,8 +193,10 @@ def report(results: dict[str, dict], tasks: int) -> None:
     import torch
 
     evals = {name: results.pop(name) for name in list(results) if "eval" in name}
-    print("\n| configuration | median s/step | tasks/s | peak RSS MB | vs learn2learn (same order) | max |grad diff| |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "\n| configuration | median s/step | tasks/s | peak RSS MB: whole run (timed steps) "
+        "| vs learn2learn (same order) | max |grad diff| |\n| --- | --- | --- | --- | --- | --- |"
+    )
     for name, r in results.items():
         median = statistics.median(r["times"])
         order = "2nd" if "2nd" in name else "1st"
@@ -178,7 +206,8 @@ def report(results: dict[str, dict], tasks: int) -> None:
             ratio = f"{statistics.median(peer['times']) / median:.2f}x faster"
             ours, theirs = torch.load(r["grads"]), torch.load(peer["grads"])
             diff = f"{max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)):.1e}"
-        print(f"| {name} | {median:.3f} | {tasks / median:.1f} | {r['peak_rss_mb']:.0f} | {ratio} | {diff} |")
+        rss = f"{r['peak_rss_mb']:.0f} ({r['steady_rss_mb']:.0f})"
+        print(f"| {name} | {median:.3f} | {tasks / median:.1f} | {rss} | {ratio} | {diff} |")
     if evals:
         print(f"\n| evaluation: {EVAL_EPISODES} episodes x {EVAL_STEPS} inner steps | seconds | peak RSS MB |")
         print("| --- | --- | --- |")
