@@ -234,8 +234,8 @@ class MAML(MetaLearner):
         return seconds
 
     def _planned_training_seconds(self, step_seconds: float) -> float:
-        """The training still planned by the Trainer at ``step_seconds`` per step (0 without a Trainer)."""
-        if self._trainer is None:
+        """The training still planned by the Trainer at ``step_seconds`` per step (0 outside ``Trainer.fit``)."""
+        if self._trainer is None or not self.trainer.training:
             return 0.0
         remaining = self.trainer.estimated_stepping_batches - self.global_step
         return remaining * step_seconds
