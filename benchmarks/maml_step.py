@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak_rss import peak_rss_since_reset_mb, reset_peak_rss
 from subprocess_runs import JEMALLOC, JEMALLOC_CONF, run_configuration
 
 HERE = Path(__file__).resolve().parent
@@ -45,17 +46,6 @@ CONFIGS = {
     "learn2learn eval": {"impl": "learn2learn", "first_order": False, "eval": True},
 }
 EVAL_EPISODES, EVAL_STEPS = 600, 10
-
-
-def reset_peak_rss() -> None:
-    """Restart the kernel's peak-RSS counter (VmHWM), so one-off costs such as compiling are left out."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_since_reset_mb() -> float:
-    """VmHWM from ``/proc/self/status``: the peak RSS since :func:`reset_peak_rss`, in MB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
 
 
 def make_inputs(workdir: Path, ways: int, shots: int, queries: int, tasks: int) -> None:

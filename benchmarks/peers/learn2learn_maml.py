@@ -5,7 +5,8 @@ One MAML meta-training step the way learn2learn's own Omniglot example
 ``learner.adapt(support_loss)``, ``query_loss.backward()``; then the gradients are
 divided by the number of tasks and Adam steps. The network is the same Conv4 as
 lit-meta's (4 x [conv3x3 64, BatchNorm, ReLU, max-pool 2], linear head), loaded with
-the same initial weights. Imports only torch and learn2learn.
+the same initial weights. Imports torch, learn2learn and ``benchmarks/peak_rss.py``
+(standard library only).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -21,16 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def reset_peak_rss() -> None:
-    """Restart the kernel's peak-RSS counter (VmHWM), so one-off costs such as compiling are left out."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_since_reset_mb() -> float:
-    """VmHWM from ``/proc/self/status``: the peak RSS since :func:`reset_peak_rss`, in MB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared peak_rss helper
+from peak_rss import peak_rss_since_reset_mb, reset_peak_rss
 
 
 def conv4(ways: int) -> nn.Module:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from lit_meta.functional.compiled import QueryForward
+from lit_meta.functional.compiled import QueryForward, query_forward
 from lit_meta.functional.inner_loop import StepSize, adapt
 from lit_meta.functional.params import functional_forward
 
@@ -91,9 +91,6 @@ def task_loss(
         adapt=adapt_names,
         check_finite=check_finite,
     )
-    if query_pass is None:
-        output = functional_forward(module, adapted.params, buffers, query_x)
-        loss = criterion(output, query_y)
-    else:
-        output, loss = query_pass(adapted.params, buffers, query_x, query_y)
+    query_pass = query_pass or query_forward(module, criterion)
+    output, loss = query_pass(adapted.params, buffers, query_x, query_y)
     return TaskLoss(loss, output, adapted.support_losses, adapted.params)

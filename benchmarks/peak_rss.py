@@ -1,0 +1,19 @@
+"""Peak resident memory of the steady state, leaving out one-off costs such as compiling.
+
+Standard library only, so the peer scripts in ``peers/`` (another environment) use it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def reset_peak_rss() -> None:
+    """Restart the kernel's peak-RSS counter (VmHWM), so one-off costs such as compiling are left out."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_since_reset_mb() -> float:
+    """VmHWM from ``/proc/self/status``: the peak RSS since :func:`reset_peak_rss`, in MB."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
