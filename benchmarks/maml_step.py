@@ -9,10 +9,15 @@ compared across implementations.
 learn2learn runs in a separate "peer" environment (it does not build on Python 3.11
 from PyPI; ``benchmarks/peer_env.sh`` builds it): pass its interpreter with
 ``--peer-python`` or ``$LIT_META_PEER_PYTHON``. Without it only lit-meta is timed.
-``--allocator jemalloc`` preloads jemalloc (Debian's libjemalloc2) for every
-configuration, with page decay off (like with like).
+lit-meta runs as a Trainer runs it by default (``retain_cpu_memory=True``: glibc malloc
+keeps freed memory for the next task, :mod:`lit_meta.glibc_malloc`); ``--no-retain``
+leaves malloc as it is. ``--allocator`` sets every configuration's process alike:
+``default`` (the system's malloc as it is, so learn2learn runs with glibc's defaults),
+``glibc-retain`` (glibc with the thresholds lit-meta sets, for learn2learn too: like
+with like) or ``jemalloc`` (Debian's libjemalloc2 preloaded, page decay off).
 
     python benchmarks/maml_step.py --steps 7 --allocator jemalloc
+    python benchmarks/maml_step.py --rounds 3 --allocator glibc-retain
     python benchmarks/maml_step.py --rounds 3 --configs "lit-meta compiled, 2nd order" "learn2learn, 2nd order"
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -30,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from peak_rss import peak_rss_since_reset_mb, reset_peak_rss
-from subprocess_runs import JEMALLOC, JEMALLOC_CONF, run_configuration
+from peak_rss import minor_page_faults, peak_rss_since_reset_mb, reset_peak_rss
+from subprocess_runs import JEMALLOC, allocator_environment_note, run_configuration
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {
@@ -81,6 +87,10 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
         for p, w in zip(net.parameters(), torch.load(workdir / "weights.pt"), strict=True):
             p.copy_(w)
     learner = MAML(net, inner_lr=inner_lr, first_order=config["first_order"], execution=config["execution"])
+    if config["retain"]:  # what RetainFreedCPUMemory, which MAML adds to a Trainer, does when it starts
+        from lit_meta.glibc_malloc import retain_freed_memory
+
+        retain_freed_memory()
     if config.get("eval"):
         # What validation/test does per episode: adapt a copy on the support set, label the query set.
         start = time.perf_counter()
@@ -93,6 +103,7 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
     for step in range(warmup + steps):
         if step == warmup:
             reset_peak_rss()
+            faults = minor_page_faults()
         start = time.perf_counter()
         optimizer.zero_grad()
         learner.meta_loss(batch).backward()
@@ -100,7 +111,8 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
             torch.save([p.grad.clone() for p in net.parameters()], workdir / f"grads-{config['key']}.pt")
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return {"times": times[warmup:], "steady_rss_mb": peak_rss_since_reset_mb()}
+    faults_per_step = (minor_page_faults() - faults) / steps
+    return {"times": times[warmup:], "steady_rss_mb": peak_rss_since_reset_mb(), "faults_per_step": faults_per_step}
 
 
 def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float, threads: int) -> None:
@@ -113,7 +125,7 @@ def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float
 
 
 def launch(name: str, config: dict, args: argparse.Namespace, workdir: Path) -> dict | None:
-    config = {**config, "key": name.replace(" ", "_").replace(",", "")}
+    config = {**config, "key": name.replace(" ", "_").replace(",", ""), "retain": not args.no_retain}
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--inner-lr", str(args.inner_lr),
               "--threads", str(args.threads), "--workdir", str(workdir), "--one", json.dumps(config)]  # fmt: skip
     if config["impl"] == "learn2learn":
@@ -140,7 +152,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--inner-lr", type=float, default=0.4)
     parser.add_argument("--tasks", type=int, default=32)
-    parser.add_argument("--allocator", choices=["default", "jemalloc"], default="default")
+    parser.add_argument("--allocator", choices=["default", "glibc-retain", "jemalloc"], default="default")
+    parser.add_argument(
+        "--no-retain", action="store_true", help="lit-meta with retain_cpu_memory=False (malloc as it is)"
+    )
     parser.add_argument("--peer-python", default=os.environ.get("LIT_META_PEER_PYTHON"))
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), help="subset of: " + "; ".join(CONFIGS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -156,8 +171,9 @@ def main() -> None:
 
     print("command:", shlex.join([os.path.basename(sys.executable), *sys.argv]))
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.threads} threads, allocator {args.allocator}"
-          + (f" (MALLOC_CONF={JEMALLOC_CONF})" if args.allocator == "jemalloc" else ""))  # fmt: skip
+          f"torch {torch.__version__}, {args.threads} threads, allocator {args.allocator} "
+          f"({allocator_environment_note(args.allocator)}); "
+          f"lit-meta retain_cpu_memory={not args.no_retain}")  # fmt: skip
     print(f"step: Conv4-64, 28x28x1, 5-way 1-shot 15-query, meta-batch {args.tasks}, 1 inner step, "
           f"lr {args.inner_lr}, Adam; median of {args.rounds} x {args.steps} steps, each process after "
           f"{args.warmup} warm-up steps (the first compiles on the compiled path)")  # fmt: skip
@@ -172,8 +188,11 @@ def main() -> None:
                 if result is None:
                     print(f"{name}: skipped" + ("" if args.peer_python else " (no --peer-python)"))
                     continue
-                merged = results.setdefault(name, {**result, "times": [], "peak_rss_mb": 0.0, "steady_rss_mb": 0.0})
+                merged = results.setdefault(
+                    name, {**result, "times": [], "peak_rss_mb": 0.0, "steady_rss_mb": 0.0, "faults": []}
+                )
                 merged["times"] += result["times"]
+                merged["faults"].append(result.get("faults_per_step", math.nan))
                 for key in ("peak_rss_mb", "steady_rss_mb"):
                     merged[key] = max(merged[key], result.get(key, 0.0))
         report(results, args.tasks)
@@ -185,7 +204,8 @@ def report(results: dict[str, dict], tasks: int) -> None:
     evals = {name: results.pop(name) for name in list(results) if "eval" in name}
     print(
         "\n| configuration | median s/step | tasks/s | peak RSS MB: whole run (timed steps) "
-        "| vs learn2learn (same order) | max |grad diff| |\n| --- | --- | --- | --- | --- | --- |"
+        "| page faults/step | vs learn2learn (same order) | max |grad diff| |\n"
+        "| --- | --- | --- | --- | --- | --- | --- |"
     )
     for name, r in results.items():
         median = statistics.median(r["times"])
@@ -197,7 +217,8 @@ def report(results: dict[str, dict], tasks: int) -> None:
             ours, theirs = torch.load(r["grads"]), torch.load(peer["grads"])
             diff = f"{max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)):.1e}"
         rss = f"{r['peak_rss_mb']:.0f} ({r['steady_rss_mb']:.0f})"
-        print(f"| {name} | {median:.3f} | {tasks / median:.1f} | {rss} | {ratio} | {diff} |")
+        faults = f"{statistics.mean(r['faults']):,.0f}"
+        print(f"| {name} | {median:.3f} | {tasks / median:.1f} | {rss} | {faults} | {ratio} | {diff} |")
     if evals:
         print(f"\n| evaluation: {EVAL_EPISODES} episodes x {EVAL_STEPS} inner steps | seconds | peak RSS MB |")
         print("| --- | --- | --- |")

@@ -40,7 +40,7 @@ def run(first_order: bool, args: argparse.Namespace) -> dict:
         train_episodes=32 * 100_000, val_episodes=100, test_episodes=600, seed=args.seed,
     )  # fmt: skip
     model = MAML(Conv4(in_channels=1, out_features=5), inner_lr=0.4, inner_steps=1, eval_inner_steps=3,
-                 first_order=first_order, meta_lr=1e-3, execution="loop")  # fmt: skip
+                 first_order=first_order, meta_lr=1e-3, execution=args.execution)  # fmt: skip
     name = "fomaml" if first_order else "maml"
     logger = CSVLogger(args.out / "logs", name=f"omniglot_5w1s_{name}")
     trainer = L.Trainer(
@@ -75,12 +75,17 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=Path("data/omniglot-cache"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--execution", default="auto", choices=["auto", "loop", "compiled", "vmap"],
+        help="MAML's meta-training path (auto: the library's default, measured on the first batch)",
+    )  # fmt: skip
     parser.add_argument("--variants", nargs="*", default=["maml", "fomaml"], choices=["maml", "fomaml"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
+          f"execution={args.execution}")  # fmt: skip
     results = [run(variant == "fomaml", args) for variant in args.variants]
     for r in results:
         per_step = r["train_wall"] / max(r["steps"], 1)

@@ -1,10 +1,12 @@
-"""Peak resident memory of the steady state, leaving out one-off costs such as compiling.
+"""Peak resident memory of the steady state, leaving out one-off costs such as compiling,
+and the page faults a step takes.
 
 Standard library only, so the peer scripts in ``peers/`` (another environment) use it too.
 """
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 
@@ -17,3 +19,9 @@ def peak_rss_since_reset_mb() -> float:
     """VmHWM from ``/proc/self/status``: the peak RSS since :func:`reset_peak_rss`, in MB."""
     line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
     return int(line.split()[1]) / 1024
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process so far: each is a fresh page the allocator got
+    from the kernel (zero-filled on first touch), the cost of returning freed memory to it."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt

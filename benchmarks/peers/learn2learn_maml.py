@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared peak_rss helper
-from peak_rss import peak_rss_since_reset_mb, reset_peak_rss
+from peak_rss import minor_page_faults, peak_rss_since_reset_mb, reset_peak_rss
 
 
 def conv4(ways: int) -> nn.Module:
@@ -70,6 +70,7 @@ def main() -> None:
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             reset_peak_rss()
+            faults = minor_page_faults()
         start = time.perf_counter()
         optimizer.zero_grad()
         for t in range(tasks):
@@ -83,7 +84,9 @@ def main() -> None:
         optimizer.step()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times[args.warmup :], "peak_rss_mb": peak, "steady_rss_mb": peak_rss_since_reset_mb()}))
+    result = {"times": times[args.warmup :], "peak_rss_mb": peak, "steady_rss_mb": peak_rss_since_reset_mb()}
+    result["faults_per_step"] = (minor_page_faults() - faults) / args.steps
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Callbacks that only make sense for meta-learning: step-size monitoring and episode images."""
+"""Callbacks that only make sense for meta-learning: step-size monitoring, episode images,
+and keeping the per-task memory of CPU training in the process."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor
 
+from lit_meta import glibc_malloc
 from lit_meta.data.episode import EpisodeBatch
 
 
@@ -42,6 +45,39 @@ class StepSizeMonitor(L.Callback):
             values.update({f"inner_lr/{name}": float(v) for name, v in step_sizes().items()})
         if values:
             pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=1)
+
+
+class RetainFreedCPUMemory(L.Callback):
+    """Keeps freed memory in the process while the Trainer runs on CPU under glibc malloc.
+
+    Episodic training allocates and frees each task's activations in turn; glibc's
+    defaults return them to the kernel and fault them back in for the next task
+    (about 280,000 page faults per second-order MAML step on Omniglot, 1.1-1.25x
+    of its time: :mod:`lit_meta.glibc_malloc`). For each Trainer stage on a CPU
+    device this callback calls :func:`~lit_meta.glibc_malloc.retain_freed_memory`,
+    and :func:`~lit_meta.glibc_malloc.release_freed_memory` when the stage ends.
+    Peak memory stays that of the largest live set. Learners add it themselves
+    (``retain_cpu_memory=True``, the default); it does nothing on GPUs or when
+    malloc is not glibc's (for example jemalloc preloaded).
+    """
+
+    def __init__(self) -> None:
+        self.retaining = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.strategy.root_device.type != "cpu" or self.retaining:
+            return
+        self.retaining = glibc_malloc.retain_freed_memory()
+        if self.retaining:
+            rank_zero_info(
+                "lit-meta: glibc malloc keeps freed memory for reuse while the Trainer runs "
+                "(retain_cpu_memory=True; fewer page faults per task)"
+            )
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.retaining:
+            glibc_malloc.release_freed_memory()
+            self.retaining = False
 
 
 class EpisodeImageLogger(L.Callback):
