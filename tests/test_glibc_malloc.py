@@ -20,7 +20,7 @@ JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 # Like a meta-batch: every "task" allocates 64 MB of activations in blocks of 4-16 MB,
 # writes them, and frees them all before the next task.
 TASKS = """
-import json, resource, sys
+import json, resource, statistics, sys
 import torch
 from pathlib import Path
 from lit_meta import glibc_malloc
@@ -38,10 +38,12 @@ def rss_mb():
 retained = glibc_malloc.retain_freed_memory() if sys.argv[1] == "retain" else False
 for _ in range(3):
     task()
-before = faults()
+per_task = []
 for _ in range(10):
+    before = faults()
     task()
-result = {"faults_per_task": (faults() - before) / 10, "retained": retained, "rss_after_tasks": rss_mb()}
+    per_task.append(faults() - before)
+result = {"faults_per_task": statistics.median(per_task), "retained": retained, "rss_after_tasks": rss_mb()}
 if retained:
     result["released"] = glibc_malloc.release_freed_memory()
     result["rss_after_release"] = rss_mb()
@@ -60,14 +62,13 @@ needs_glibc = pytest.mark.skipif(not glibc_malloc.glibc_malloc_active(), reason=
 
 @needs_glibc
 def test_retained_memory_is_reused_without_page_faults_and_released_after():
-    default = run_tasks("default")
     retained = run_tasks("retain")
     assert retained["retained"]
-    # Retained blocks serve the next task: no fresh pages. With glibc's defaults the blocks
-    # usually go back to the kernel (~10,000 faults per task here), but not always: whether
-    # the heap's top is free to trim depends on where small objects landed.
+    # Retained blocks serve the next task: no fresh pages in the typical task. (With glibc's
+    # defaults the blocks usually go back to the kernel, ~10,000 faults per task here, but
+    # not always: whether the heap's top is free to trim depends on where small objects
+    # landed, so that side is measured in benchmarks/maml_step.py, not asserted here.)
     assert retained["faults_per_task"] < 50
-    assert retained["faults_per_task"] <= default["faults_per_task"]
     # Retaining keeps ~64 MB of free blocks in the heap; releasing hands them back.
     assert retained["released"]
     assert retained["rss_after_tasks"] - retained["rss_after_release"] > 40

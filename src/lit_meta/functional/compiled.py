@@ -7,8 +7,9 @@ through the support steps, whose double backward stays in eager mode (``torch.co
 does not support double backward). Compiling the query pass alone therefore approximates
 nothing, in first or second order, and lets Inductor fuse what eager mode runs as separate
 passes over the activations (BatchNorm with batch statistics, max-pool and ReLU, forward and
-backward). On a 2-core CPU this makes a Conv4 meta-training step 1.06-1.18x faster
-(``benchmarks/maml_step.py``); the first call compiles, which takes seconds to a minute.
+backward). On a 2-core CPU this makes a Conv4 meta-training step 1.15-1.3x faster
+with freed memory kept (``retain_cpu_memory``, the default; 1.06-1.18x with glibc
+malloc as it is; ``benchmarks/maml_step.py``); the first call compiles, which takes seconds to a minute.
 """
 
 from __future__ import annotations

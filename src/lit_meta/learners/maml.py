@@ -84,7 +84,7 @@ class MAML(MetaLearner):
             * ``"compiled"`` is the loop with each task's query pass compiled by
               :func:`torch.compile` (:mod:`lit_meta.functional.compiled`): exact for
               first and second order (the same meta-gradient up to float rounding),
-              1.06-1.18x faster for Conv4 on a 2-core CPU, and
+              1.15-1.3x faster for Conv4 on a 2-core CPU (with ``retain_cpu_memory``), and
               the first step compiles (seconds to a minute);
             * ``"vmap"`` adapts all tasks of a meta-batch at once with ``torch.func.vmap``;
             * ``"auto"`` times the paths on the first training batch and keeps the
@@ -189,7 +189,7 @@ class MAML(MetaLearner):
         Which path wins depends on the network and the device: on a 2-core CPU
         vmap is ~3x slower for Conv4 (per-task weights make convolutions
         grouped) but ~8x faster for the sinusoid MLP, and the compiled query pass
-        is 1.06-1.18x faster than the loop for Conv4 (``benchmarks/maml_step.py``).
+        is 1.15-1.3x faster than the loop for Conv4 (``benchmarks/maml_step.py``).
         A path that runs out of memory, or fails to compile, loses. Under DDP rank
         0's choice is used everywhere.
         """
