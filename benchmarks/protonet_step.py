@@ -59,7 +59,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from subprocess_runs import JEMALLOC, JEMALLOC_CONF, run_configuration
+from subprocess_runs import JEMALLOC, allocator_environment_note, run_configuration
 
 HERE = Path(__file__).resolve().parent
 SETUPS = {  # name: (ways, shots, queries)
@@ -200,8 +200,8 @@ def main() -> None:
 
     print("command:", shlex.join([os.path.basename(sys.executable), *sys.argv]))
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.threads} threads, allocator {args.allocator}"
-          + (f" (MALLOC_CONF={JEMALLOC_CONF})" if args.allocator == "jemalloc" else ""))  # fmt: skip
+          f"torch {torch.__version__}, {args.threads} threads, allocator {args.allocator} "
+          f"({allocator_environment_note(args.allocator)})")  # fmt: skip
     print(f"step: Conv4-64 embedding (no head), 28x28x1, one episode, squared Euclidean, Adam lr 1e-3; "
           f"median of {args.steps} episodes after {args.warmup} warm-up")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,34 +8,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lit_meta.glibc_malloc import MAX_MMAP_THRESHOLD
+
 JEMALLOC = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 # Without this, jemalloc returns freed pages to the OS and each step faults them back in:
 # measured 30-70% slower than glibc for both implementations.
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 # The thresholds lit_meta.glibc_malloc.retain_freed_memory sets, as glibc tunables, so a
-# peer that knows nothing of lit-meta runs with the same malloc settings.
-GLIBC_RETAIN_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1099511627776"
+# peer that knows nothing of lit-meta runs with the same malloc settings (a tunable cannot
+# say "never trim", so the trim threshold is 1 TiB).
+GLIBC_RETAIN_TUNABLES = f"glibc.malloc.mmap_threshold={MAX_MMAP_THRESHOLD}:glibc.malloc.trim_threshold={2**40}"
+ALLOCATOR_ENVIRONMENTS = {
+    "default": {},  # the system's malloc as it is
+    "glibc-retain": {"GLIBC_TUNABLES": GLIBC_RETAIN_TUNABLES},
+    "jemalloc": {"LD_PRELOAD": str(JEMALLOC), "MALLOC_CONF": JEMALLOC_CONF},
+}
 
 
 def allocator_environment(allocator: str) -> dict[str, str]:
-    """This process's environment for ``allocator``: ``"default"`` (as it is), ``"glibc-retain"``
-    (glibc keeping freed memory, as lit-meta sets it) or ``"jemalloc"`` (preloaded, page decay off)."""
-    env = dict(os.environ)
-    if allocator == "jemalloc":
-        env["LD_PRELOAD"] = str(JEMALLOC)
-        env["MALLOC_CONF"] = JEMALLOC_CONF
-    elif allocator == "glibc-retain":
-        env["GLIBC_TUNABLES"] = GLIBC_RETAIN_TUNABLES
-    return env
+    """This process's environment with the variables of ``ALLOCATOR_ENVIRONMENTS[allocator]``
+    (none for an allocator not listed there, such as ``"glibc"``: malloc as it is)."""
+    return {**os.environ, **ALLOCATOR_ENVIRONMENTS.get(allocator, {})}
 
 
 def allocator_environment_note(allocator: str) -> str:
-    """The environment :func:`allocator_environment` sets, for a benchmark's header."""
-    return {
-        "default": "malloc as it is",
-        "glibc-retain": f"GLIBC_TUNABLES={GLIBC_RETAIN_TUNABLES}",
-        "jemalloc": f"LD_PRELOAD={JEMALLOC}, MALLOC_CONF={JEMALLOC_CONF}",
-    }[allocator]
+    """The variables :func:`allocator_environment` sets, for a benchmark's header."""
+    variables = ALLOCATOR_ENVIRONMENTS.get(allocator, {})
+    return ", ".join(f"{name}={value}" for name, value in variables.items()) or "malloc as it is"
 
 
 def run_configuration(command: list[str], allocator: str, label: str) -> dict | None:

@@ -52,8 +52,8 @@ class RetainFreedCPUMemory(L.Callback):
 
     Episodic training allocates and frees each task's activations in turn; glibc's
     defaults return them to the kernel and fault them back in for the next task
-    (about 280,000 page faults per second-order MAML step on Omniglot, 1.1-1.25x
-    of its time: :mod:`lit_meta.glibc_malloc`). For each Trainer stage on a CPU
+    (about 280,000 page faults per second-order MAML step on Omniglot, which
+    make it 1.3-1.6x slower: :mod:`lit_meta.glibc_malloc`). For each Trainer stage on a CPU
     device this callback calls :func:`~lit_meta.glibc_malloc.retain_freed_memory`,
     and :func:`~lit_meta.glibc_malloc.release_freed_memory` when the stage ends.
     Peak memory stays that of the largest live set. Learners add it themselves

@@ -88,7 +88,7 @@ class MetaLearner(L.LightningModule, ABC):
         retain_cpu_memory: while a Trainer runs this learner on CPU under glibc
             malloc, keep freed memory in the process for the next task instead of
             returning it to the kernel (:class:`~lit_meta.callbacks.RetainFreedCPUMemory`,
-            added by :meth:`configure_callbacks`; 1.1-1.25x faster MAML steps, same
+            added by :meth:`configure_callbacks`; 1.3-1.6x faster MAML steps, same
             peak memory). Process-wide while the Trainer runs; ``False`` leaves
             malloc as it is.
     """
