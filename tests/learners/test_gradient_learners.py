@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_meta.backbones import Conv4
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import EpisodeConfigError
@@ -106,11 +107,16 @@ def test_compiled_path_trains_under_the_trainer_and_the_learner_still_pickles(tm
     )
 
 
-def auto_learner(monkeypatch, timings: dict[str, float], planned_s: float, compile_error: Exception | None = None):
-    """A MAML with ``execution="auto"`` whose path timings and planned training time are given."""
-    learner = MAML(small_net(), inner_lr=0.3)
+def auto_learner(
+    monkeypatch, timings: dict[str, float], planned_s: float, compile_error: Exception | None = None, **kwargs
+):
+    """A MAML with ``execution="auto"`` whose path timings and planned training time are
+    given; ``learner.tried`` lists the paths it timed."""
+    learner = MAML(small_net(), inner_lr=0.3, **kwargs)
+    learner.tried = []
 
     def time_path(batch, path):
+        learner.tried.append(path)
         if path == "compiled" and compile_error is not None:
             raise compile_error
         return timings[path]
@@ -130,6 +136,34 @@ def test_auto_execution_tries_compiling_only_when_the_run_pays_for_it(monkeypatc
     with caplog.at_level(logging.INFO):
         assert broken.execution_path(a_batch()) == "loop"
     assert "compiled not available: RuntimeError: no C++ compiler" in caplog.text
+
+
+def test_auto_execution_tries_vmap_only_within_its_memory_budget(monkeypatch, caplog):
+    timings = {"loop": 3.0, "vmap": 1.0, "compiled": 2.0}
+    roomy = auto_learner(monkeypatch, timings, planned_s=60.0)  # small_net's tasks take KBs: within 256 MB
+    assert roomy.execution_path(a_batch()) == "vmap"
+    tight = auto_learner(monkeypatch, timings, planned_s=60.0, vmap_memory_budget_mb=0.001)
+    with caplog.at_level(logging.INFO):
+        assert tight.execution_path(a_batch()) == "loop"
+    assert tight.tried == ["loop"]
+    assert "vmap not tried" in caplog.text and "over the 0 MB budget" in caplog.text
+
+
+@pytest.mark.parametrize("first_order", [True, False])
+def test_vmap_memory_estimate_counts_a_conv4_tasks_activations(first_order):
+    """Omniglot 5-way 1-shot 15-query: the eager pass keeps at least the 64x28x28 conv output
+    and the BatchNorm output of the first block for 75 images (14.4 MB each)."""
+    batch = EpisodeBatch(
+        support_x=torch.rand(2, 5, 1, 28, 28),
+        support_y=torch.arange(5).expand(2, -1),
+        query_x=torch.rand(2, 75, 1, 28, 28),
+        query_y=torch.arange(5).repeat_interleave(15).expand(2, -1),
+        classes=torch.zeros(2, 5, dtype=torch.long),
+    )
+    learner = MAML(Conv4(in_channels=1, out_features=5), first_order=first_order)
+    first_block_output = 75 * 64 * 28 * 28 * 4
+    assert 2 * first_block_output < learner._task_activation_bytes(batch) < 5 * first_block_output
+    assert learner._vmap_memory_budget(torch.device("cpu")) == 256 * 2**20
 
 
 def test_auto_execution_counts_the_steps_the_trainer_still_plans():

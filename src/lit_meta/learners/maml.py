@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lit_meta.data.episode import EpisodeBatch
+from lit_meta.data.episode import EpisodeBatch, collate_episodes
 from lit_meta.functional import (
     StepSize,
     adaptable_parameters,
@@ -33,6 +33,8 @@ ExecutionPath = Literal["loop", "vmap", "compiled"]
 EXECUTION_PATH_KEY = "lit_meta_maml_execution_path"
 COMPILE_WORTH_S = 600.0
 """``execution="auto"`` tries ``torch.compile`` only for runs planned to take at least this long (seconds)."""
+CPU_VMAP_BUDGET_MB = 256.0
+"""``execution="auto"`` on a CPU tries vmap only when its activations are estimated at most this (MB)."""
 
 
 class MAML(MetaLearner):
@@ -91,8 +93,16 @@ class MAML(MetaLearner):
               fastest (``benchmarks/maml_step.py``). It tries ``"compiled"`` only when
               the Trainer plans enough steps for the compilation to pay off (at least
               ``COMPILE_WORTH_S`` seconds of training at the loop's speed), and
-              skips it when compilation fails (e.g. no C++ compiler). MAML++'s
-              multi-step loss always runs the loop.
+              skips it when compilation fails (e.g. no C++ compiler). It tries
+              ``"vmap"`` only when the activations of all tasks at once, estimated
+              from one task's, fit ``vmap_memory_budget_mb``. MAML++'s multi-step
+              loss always runs the loop.
+        vmap_memory_budget_mb: the memory ``execution="auto"`` may spend on the
+            activations of the vmap path, estimated as the meta-batch size times
+            what autograd saves for one task. ``None``: ``CPU_VMAP_BUDGET_MB``
+            (256) on a CPU, half the free memory on a CUDA device. Without it
+            auto's trial of vmap alone took a Conv4 Omniglot process from 350 MB
+            to 3.8-4.1 GB (``benchmarks/maml_step.py``), where the loop needs ~550.
         **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
             ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
@@ -111,6 +121,7 @@ class MAML(MetaLearner):
         multi_step_loss_steps: int = 0,
         first_order_steps: int = 0,
         execution: Execution = "auto",
+        vmap_memory_budget_mb: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, **kwargs)
@@ -190,11 +201,22 @@ class MAML(MetaLearner):
         vmap is ~3x slower for Conv4 (per-task weights make convolutions
         grouped) but ~8x faster for the sinusoid MLP, and the compiled query pass
         is 1.15-1.3x faster than the loop for Conv4 (``benchmarks/maml_step.py``).
-        A path that runs out of memory, or fails to compile, loses. Under DDP rank
-        0's choice is used everywhere.
+        vmap is tried only within ``vmap_memory_budget_mb`` (one task's saved
+        activations times the tasks; measured vmap peaks run up to ~2x that
+        estimate). A path that runs out of memory, or fails to compile, loses.
+        Under DDP rank 0's choice is used everywhere.
         """
-        timings = {path: self._time_path(batch, path) for path in ("loop", "vmap")}
+        timings = {"loop": self._time_path(batch, "loop")}
         notes = []
+        vmap_bytes = len(batch) * self._task_activation_bytes(batch)
+        budget = self._vmap_memory_budget(batch.support_x.device)
+        if vmap_bytes <= budget:
+            timings["vmap"] = self._time_path(batch, "vmap")
+        else:
+            notes.append(
+                f"vmap not tried: ~{vmap_bytes / 2**20:,.0f} MB of activations estimated for {len(batch)} tasks "
+                f"at once, over the {budget / 2**20:,.0f} MB budget (vmap_memory_budget_mb)"
+            )
         planned = self._planned_training_seconds(timings["loop"])
         if planned < COMPILE_WORTH_S:
             notes.append(f"compiled not tried: ~{planned:.0f} s of training planned, under {COMPILE_WORTH_S:.0f} s")
@@ -232,6 +254,28 @@ class MAML(MetaLearner):
         except torch.OutOfMemoryError:
             return math.inf
         return seconds
+
+    def _task_activation_bytes(self, batch: EpisodeBatch) -> int:
+        """Bytes autograd saves for one task's meta-gradient on the loop path: its
+        activations and, in second order, the graph of its inner gradients."""
+        saved: dict[int, torch.UntypedStorage] = {}  # held, so no address is reused and counted twice
+
+        def pack(tensor: Tensor) -> Tensor:
+            storage = tensor.untyped_storage()
+            saved.setdefault(storage.data_ptr(), storage)
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            self._meta_loss(collate_episodes([batch[0]]), "loop")
+        return sum(storage.nbytes() for storage in saved.values())
+
+    def _vmap_memory_budget(self, device: torch.device) -> float:
+        """``vmap_memory_budget_mb`` in bytes, or its device default."""
+        if self.hparams.vmap_memory_budget_mb is not None:
+            return self.hparams.vmap_memory_budget_mb * 2**20
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0] / 2
+        return CPU_VMAP_BUDGET_MB * 2**20
 
     def _planned_training_seconds(self, step_seconds: float) -> float:
         """The training still planned by the Trainer at ``step_seconds`` per step (0 outside ``Trainer.fit``)."""
