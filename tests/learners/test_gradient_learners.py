@@ -166,6 +166,12 @@ def test_vmap_memory_estimate_counts_a_conv4_tasks_activations(first_order):
     assert learner._vmap_memory_budget(torch.device("cpu")) == 256 * 2**20
 
 
+def test_vmap_memory_budget_defaults_to_half_the_free_gpu_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * 2**30, 80 * 2**30))
+    assert MAML(small_net())._vmap_memory_budget(torch.device("cuda", 0)) == 5 * 2**30
+    assert MAML(small_net(), vmap_memory_budget_mb=64)._vmap_memory_budget(torch.device("cuda", 0)) == 64 * 2**20
+
+
 def test_auto_execution_counts_the_steps_the_trainer_still_plans():
     learner = MAML(small_net(), inner_lr=0.3, execution="loop")
     assert learner._planned_training_seconds(1.0) == 0.0  # no Trainer: the run length is unknown
