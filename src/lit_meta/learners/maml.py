@@ -101,8 +101,8 @@ class MAML(MetaLearner):
             activations of the vmap path, estimated as the meta-batch size times
             what autograd saves for one task. ``None``: ``CPU_VMAP_BUDGET_MB``
             (256) on a CPU, half the free memory on a CUDA device. Without it
-            auto's trial of vmap alone took a Conv4 Omniglot process from 350 MB
-            to 3.8-4.1 GB (``benchmarks/maml_step.py``), where the loop needs ~550.
+            auto's trial of vmap raised the peak memory of a Conv4 Omniglot
+            training run from ~590 MB to 1.1-1.5 GB (``benchmarks/maml_step.py``).
         **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
             ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
@@ -258,16 +258,19 @@ class MAML(MetaLearner):
     def _task_activation_bytes(self, batch: EpisodeBatch) -> int:
         """Bytes autograd saves for one task's meta-gradient on the loop path: its
         activations and, in second order, the graph of its inner gradients."""
-        saved: dict[int, torch.UntypedStorage] = {}  # held, so no address is reused and counted twice
+        # By address, so a tensor saved by several nodes counts once. Storages are not held
+        # (that would keep a task's activations alive twice over): one freed in the task
+        # and reallocated at the same address with the same size counts once.
+        saved: dict[tuple[int, int], None] = {}
 
         def pack(tensor: Tensor) -> Tensor:
             storage = tensor.untyped_storage()
-            saved.setdefault(storage.data_ptr(), storage)
+            saved[storage.data_ptr(), storage.nbytes()] = None
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             self._meta_loss(collate_episodes([batch[0]]), "loop")
-        return sum(storage.nbytes() for storage in saved.values())
+        return sum(nbytes for _, nbytes in saved)
 
     def _vmap_memory_budget(self, device: torch.device) -> float:
         """``vmap_memory_budget_mb`` in bytes, or its device default."""
