@@ -35,7 +35,7 @@ def faults():
 def rss_mb():
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
-retained = glibc_malloc.retain_freed_memory() if sys.argv[1] == "retain" else False
+retained = glibc_malloc.retain_freed_memory() if sys.argv[1] in ("retain", "return") else False
 for _ in range(3):
     task()
 per_task = []
@@ -44,7 +44,17 @@ for _ in range(10):
     task()
     per_task.append(faults() - before)
 result = {"faults_per_task": statistics.median(per_task), "retained": retained, "rss_after_tasks": rss_mb()}
-if retained:
+if retained and sys.argv[1] == "return":
+    result["returned"] = glibc_malloc.return_free_pages()
+    result["rss_after_return"] = rss_mb()
+    task()  # takes its pages back once
+    after = []
+    for _ in range(5):
+        before = faults()
+        task()
+        after.append(faults() - before)
+    result["faults_per_task_after_return"] = statistics.median(after)
+elif retained:
     result["released"] = glibc_malloc.release_freed_memory()
     result["rss_after_release"] = rss_mb()
 print(json.dumps(result))
@@ -72,6 +82,16 @@ def test_retained_memory_is_reused_without_page_faults_and_released_after():
     # Retaining keeps ~64 MB of free blocks in the heap; releasing hands them back.
     assert retained["released"]
     assert retained["rss_after_tasks"] - retained["rss_after_release"] > 40
+
+
+@needs_glibc
+def test_returning_free_pages_keeps_retaining():
+    """``return_free_pages`` (what MAML's auto does after timing each path) gives the free
+    heap back once; the retain settings stay, so later tasks reuse memory again."""
+    result = run_tasks("return")
+    assert result["returned"]
+    assert result["rss_after_tasks"] - result["rss_after_return"] > 40
+    assert result["faults_per_task_after_return"] < 50
 
 
 @pytest.mark.skipif(not JEMALLOC.exists(), reason="jemalloc (libjemalloc2) not installed")

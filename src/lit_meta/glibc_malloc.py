@@ -82,6 +82,19 @@ def retain_freed_memory() -> bool:
     return _mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD) and _mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
 
 
+def return_free_pages() -> bool:
+    """Give the free pages of the heap back to the kernel (``malloc_trim``), keeping the
+    thresholds as they are: a one-off, e.g. after work whose memory the next will not reuse.
+
+    Returns whether it took effect (``False`` when malloc is not glibc's).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def release_freed_memory() -> bool:
     """Return the free heap to the kernel and trim it again from now on.
 

@@ -26,6 +26,7 @@ from lit_meta.functional import (
 from lit_meta.functional import (
     adapt as adapt_parameters,
 )
+from lit_meta.glibc_malloc import return_free_pages
 from lit_meta.learners.base import MetaLearner, TaskModel, loss_with_gradients
 
 Execution = Literal["auto", "loop", "vmap", "compiled"]
@@ -240,7 +241,12 @@ class MAML(MetaLearner):
         return choice
 
     def _time_path(self, batch: EpisodeBatch, path: ExecutionPath) -> float:
-        """Seconds of the second of two meta-gradients on ``path`` (the first warms up, or compiles)."""
+        """Seconds of the second of two meta-gradients on ``path`` (the first warms up, or compiles).
+
+        Afterwards the memory the trial freed goes back to the system (``malloc_trim``
+        on CPU under glibc, ``empty_cache`` on CUDA), so the next path's trial and the
+        run do not stack on its layout (kept freed memory would otherwise stay resident).
+        """
         trainable = [p for p in self.parameters() if p.requires_grad]
         seconds = math.inf
         try:
@@ -253,6 +259,12 @@ class MAML(MetaLearner):
                 seconds = time.perf_counter() - start
         except torch.OutOfMemoryError:
             return math.inf
+        finally:
+            loss = None
+            if batch.support_x.is_cuda:
+                torch.cuda.empty_cache()
+            else:
+                return_free_pages()
         return seconds
 
     def _task_activation_bytes(self, batch: EpisodeBatch) -> int:
