@@ -14,7 +14,19 @@ keeps freed memory for the next task, :mod:`lit_meta.glibc_malloc`); ``--no-reta
 leaves malloc as it is. ``--allocator`` sets every configuration's process alike:
 ``default`` (the system's malloc as it is, so learn2learn runs with glibc's defaults),
 ``glibc-retain`` (glibc with the thresholds lit-meta sets, for learn2learn too: like
-with like) or ``jemalloc`` (Debian's libjemalloc2 preloaded, page decay off).
+with like), ``glibc-retain-no-tcache`` (the same without glibc's per-thread cache, a
+diagnostic of heap fragmentation: see ``subprocess_runs.py``) or ``jemalloc`` (Debian's
+libjemalloc2 preloaded, page decay off).
+
+The "Trainer default" configurations run ``Trainer.fit`` with every default of ``MAML``
+(``execution="auto"`` times its paths on the first batch; the table names the path it
+chose), in a run planned at 60,000 steps. ``--vmap-budget-mb`` sets their
+``vmap_memory_budget_mb``.
+
+Peak RSS is the whole process's. Each process also reports its RSS just before its
+first step (imports, model, data and optimizer: lit-meta's imports include Lightning,
+and learn2learn's process imports ``torch._dynamo`` when it builds Adam) and how far its
+steps took it above that.
 
     python benchmarks/maml_step.py --steps 7 --allocator jemalloc
     python benchmarks/maml_step.py --rounds 3 --allocator glibc-retain
@@ -36,8 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from peak_rss import minor_page_faults, peak_rss_since_reset_mb, reset_peak_rss
-from subprocess_runs import JEMALLOC, allocator_environment_note, run_configuration
+from peak_rss import current_rss_mb, minor_page_faults, peak_rss_since_reset_mb, reset_peak_rss
+from subprocess_runs import ALLOCATOR_ENVIRONMENTS, JEMALLOC, allocator_environment_note, run_configuration
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = {
@@ -46,6 +58,8 @@ CONFIGS = {
     "lit-meta compiled, 2nd order": {"impl": "lit-meta", "execution": "compiled", "first_order": False},
     "lit-meta compiled, 1st order": {"impl": "lit-meta", "execution": "compiled", "first_order": True},
     "lit-meta vmap, 2nd order": {"impl": "lit-meta", "execution": "vmap", "first_order": False},
+    "lit-meta Trainer default, 2nd order": {"impl": "lit-meta", "trainer": True, "first_order": False},
+    "lit-meta Trainer default, 1st order": {"impl": "lit-meta", "trainer": True, "first_order": True},
     "learn2learn, 2nd order": {"impl": "learn2learn", "first_order": False},
     "learn2learn, 1st order": {"impl": "learn2learn", "first_order": True},
     "lit-meta eval": {"impl": "lit-meta", "execution": "loop", "first_order": False, "eval": True},
@@ -86,6 +100,12 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
     with torch.no_grad():
         for p, w in zip(net.parameters(), torch.load(workdir / "weights.pt"), strict=True):
             p.copy_(w)
+    if config.get("trainer"):
+        budget = {"vmap_memory_budget_mb": config["vmap_budget_mb"]} if config["vmap_budget_mb"] is not None else {}
+        learner = MAML(
+            net, inner_lr=inner_lr, first_order=config["first_order"], retain_cpu_memory=config["retain"], **budget
+        )
+        return run_trainer(learner, batch, workdir, config, steps, warmup)
     learner = MAML(net, inner_lr=inner_lr, first_order=config["first_order"], execution=config["execution"])
     if config["retain"]:  # what RetainFreedCPUMemory, which MAML adds to a Trainer, does when it starts
         from lit_meta.glibc_malloc import retain_freed_memory
@@ -99,6 +119,7 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
             learner.adapt(episode.support_x, episode.support_y, steps=EVAL_STEPS)(episode.query_x).argmax(-1)
         return {"times": [time.perf_counter() - start]}
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    start_rss = current_rss_mb()
     times = []
     for step in range(warmup + steps):
         if step == warmup:
@@ -112,7 +133,58 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
         optimizer.step()
         times.append(time.perf_counter() - start)
     faults_per_step = (minor_page_faults() - faults) / steps
-    return {"times": times[warmup:], "steady_rss_mb": peak_rss_since_reset_mb(), "faults_per_step": faults_per_step}
+    return {
+        "times": times[warmup:],
+        "steady_rss_mb": peak_rss_since_reset_mb(),
+        "start_rss_mb": start_rss,
+        "faults_per_step": faults_per_step,
+    }
+
+
+def run_trainer(learner, batch, workdir: Path, config: dict, steps: int, warmup: int) -> dict:
+    """The step as ``Trainer.fit`` runs it with every default of ``MAML`` (``execution="auto"``,
+    which times its paths on the first batch, and ``retain_cpu_memory=True``), in a run
+    planned at the paper's 60,000 steps and stopped after ``warmup + steps``."""
+    import lightning as L
+    import torch
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.faults = 0
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            if batch_idx == warmup:
+                reset_peak_rss()
+                self.faults = minor_page_faults()
+            self.start = time.perf_counter()
+
+        def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+            if trainer.global_step == 0:
+                params = module.backbone.parameters()
+                torch.save([p.grad.clone() for p in params], workdir / f"grads-{config['key']}.pt")
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            self.times.append(time.perf_counter() - self.start)
+            if batch_idx + 1 == warmup + steps:
+                self.faults = minor_page_faults() - self.faults
+                trainer.should_stop = True
+
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_steps=60_000, limit_val_batches=0, accelerator="cpu", devices=1, callbacks=[timer], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    start_rss = current_rss_mb()
+    loader = torch.utils.data.DataLoader([batch] * (warmup + steps), batch_size=None)
+    trainer.fit(learner, train_dataloaders=loader)
+    return {
+        "times": timer.times[warmup:],
+        "steady_rss_mb": peak_rss_since_reset_mb(),
+        "start_rss_mb": start_rss,
+        "faults_per_step": timer.faults / steps,
+        "path": learner.execution_path(batch),
+    }
 
 
 def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float, threads: int) -> None:
@@ -125,7 +197,12 @@ def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float
 
 
 def launch(name: str, config: dict, args: argparse.Namespace, workdir: Path) -> dict | None:
-    config = {**config, "key": name.replace(" ", "_").replace(",", ""), "retain": not args.no_retain}
+    config = {
+        **config,
+        "key": name.replace(" ", "_").replace(",", ""),
+        "retain": not args.no_retain,
+        "vmap_budget_mb": args.vmap_budget_mb,
+    }
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--inner-lr", str(args.inner_lr),
               "--threads", str(args.threads), "--workdir", str(workdir), "--one", json.dumps(config)]  # fmt: skip
     if config["impl"] == "learn2learn":
@@ -152,10 +229,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--inner-lr", type=float, default=0.4)
     parser.add_argument("--tasks", type=int, default=32)
-    parser.add_argument("--allocator", choices=["default", "glibc-retain", "jemalloc"], default="default")
+    parser.add_argument("--allocator", choices=list(ALLOCATOR_ENVIRONMENTS), default="default")
     parser.add_argument(
         "--no-retain", action="store_true", help="lit-meta with retain_cpu_memory=False (malloc as it is)"
     )
+    parser.add_argument(
+        "--vmap-budget-mb", type=float, default=None,
+        help="vmap_memory_budget_mb of the Trainer default configurations (default: MAML's)",
+    )  # fmt: skip
     parser.add_argument("--peer-python", default=os.environ.get("LIT_META_PEER_PYTHON"))
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), help="subset of: " + "; ".join(CONFIGS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -189,10 +270,11 @@ def main() -> None:
                     print(f"{name}: skipped" + ("" if args.peer_python else " (no --peer-python)"))
                     continue
                 merged = results.setdefault(
-                    name, {**result, "times": [], "peak_rss_mb": 0.0, "steady_rss_mb": 0.0, "faults": []}
+                    name, {**result, "times": [], "peak_rss_mb": 0.0, "steady_rss_mb": 0.0, "faults": [], "peaks": []}
                 )
                 merged["times"] += result["times"]
                 merged["faults"].append(result.get("faults_per_step", math.nan))
+                merged["peaks"].append((result.get("start_rss_mb", math.nan), result["peak_rss_mb"]))
                 for key in ("peak_rss_mb", "steady_rss_mb"):
                     merged[key] = max(merged[key], result.get(key, 0.0))
         report(results, args.tasks)
@@ -204,8 +286,9 @@ def report(results: dict[str, dict], tasks: int) -> None:
     evals = {name: results.pop(name) for name in list(results) if "eval" in name}
     print(
         "\n| configuration | median s/step | tasks/s | peak RSS MB: whole run (timed steps) "
-        "| page faults/step | vs learn2learn (same order) | max |grad diff| |\n"
-        "| --- | --- | --- | --- | --- | --- | --- |"
+        "| RSS MB before the first step | peak minus that | page faults/step "
+        "| vs learn2learn (same order) | max |grad diff| |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for name, r in results.items():
         median = statistics.median(r["times"])
@@ -217,8 +300,17 @@ def report(results: dict[str, dict], tasks: int) -> None:
             ours, theirs = torch.load(r["grads"]), torch.load(peer["grads"])
             diff = f"{max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)):.1e}"
         rss = f"{r['peak_rss_mb']:.0f} ({r['steady_rss_mb']:.0f})"
+        # Per process: what it held before its first step (imports, model, data) and how far
+        # the steps (compiling included) took it above that; the max over rounds.
+        start = statistics.median(before for before, _ in r["peaks"])
+        growth = max(peak - before for before, peak in r["peaks"])
         faults = f"{statistics.mean(r['faults']):,.0f}"
-        print(f"| {name} | {median:.3f} | {tasks / median:.1f} | {rss} | {faults} | {ratio} | {diff} |")
+        label = f"{name} (chose {r['path']})" if "path" in r else name
+        print(
+            f"| {label} | {median:.3f} | {tasks / median:.1f} "
+            f"| {rss} | {start:.0f} | {growth:.0f} "
+            f"| {faults} | {ratio} | {diff} |"
+        )
     if evals:
         print(f"\n| evaluation: {EVAL_EPISODES} episodes x {EVAL_STEPS} inner steps | seconds | peak RSS MB |")
         print("| --- | --- | --- |")

@@ -21,6 +21,12 @@ def peak_rss_since_reset_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
+def current_rss_mb() -> float:
+    """VmRSS from ``/proc/self/status``: the resident memory now, in MB."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def minor_page_faults() -> int:
     """Minor page faults of this process so far: each is a fresh page the allocator got
     from the kernel (zero-filled on first touch), the cost of returning freed memory to it."""

@@ -21,6 +21,12 @@ GLIBC_RETAIN_TUNABLES = f"glibc.malloc.mmap_threshold={MAX_MMAP_THRESHOLD}:glibc
 ALLOCATOR_ENVIRONMENTS = {
     "default": {},  # the system's malloc as it is
     "glibc-retain": {"GLIBC_TUNABLES": GLIBC_RETAIN_TUNABLES},
+    # Diagnostic: the same without glibc's per-thread cache of small freed chunks. Before
+    # the fix of glibc bug 30723 (Debian 12 has 2.36), memalign (PyTorch allocates CPU
+    # tensors 64-byte aligned) splits small pieces off each block it hands out; held in
+    # that cache they keep the block from merging with its neighbours once freed, so
+    # same-size blocks never reuse it and the heap grows (glibc_memalign_fragmentation.py).
+    "glibc-retain-no-tcache": {"GLIBC_TUNABLES": GLIBC_RETAIN_TUNABLES + ":glibc.malloc.tcache_count=0"},
     "jemalloc": {"LD_PRELOAD": str(JEMALLOC), "MALLOC_CONF": JEMALLOC_CONF},
 }
 

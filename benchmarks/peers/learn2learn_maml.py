@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared peak_rss helper
-from peak_rss import minor_page_faults, peak_rss_since_reset_mb, reset_peak_rss
+from peak_rss import current_rss_mb, minor_page_faults, peak_rss_since_reset_mb, reset_peak_rss
 
 
 def conv4(ways: int) -> nn.Module:
@@ -66,6 +66,7 @@ def main() -> None:
         print(json.dumps({"times": [time.perf_counter() - start], "peak_rss_mb": peak}))
         return
     optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
+    start_rss = current_rss_mb()
     times = []
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
@@ -85,6 +86,7 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {"times": times[args.warmup :], "peak_rss_mb": peak, "steady_rss_mb": peak_rss_since_reset_mb()}
+    result["start_rss_mb"] = start_rss
     result["faults_per_step"] = (minor_page_faults() - faults) / args.steps
     print(json.dumps(result))
 
