@@ -260,7 +260,6 @@ class MAML(MetaLearner):
         except torch.OutOfMemoryError:
             return math.inf
         finally:
-            loss = None
             if batch.support_x.is_cuda:
                 torch.cuda.empty_cache()
             else:
