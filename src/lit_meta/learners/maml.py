@@ -270,7 +270,7 @@ class MAML(MetaLearner):
         """Bytes autograd saves for one task's meta-gradient on the loop path: its
         activations and, in second order, the graph of its inner gradients."""
         # By address, so a tensor saved by several nodes counts once. Storages are not held
-        # (that would keep a task's activations alive twice over): one freed in the task
+        # (that would keep every one alive until the count ends): one freed within the task
         # and reallocated at the same address with the same size counts once.
         saved: dict[tuple[int, int], None] = {}
 
