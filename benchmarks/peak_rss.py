@@ -15,16 +15,20 @@ def reset_peak_rss() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def peak_rss_since_reset_mb() -> float:
-    """VmHWM from ``/proc/self/status``: the peak RSS since :func:`reset_peak_rss`, in MB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+def _status_mb(field: str) -> float:
+    """A kB field of ``/proc/self/status`` (e.g. ``VmRSS``), in MB."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(f"{field}:"))
     return int(line.split()[1]) / 1024
+
+
+def peak_rss_since_reset_mb() -> float:
+    """VmHWM: the peak RSS since :func:`reset_peak_rss`, in MB."""
+    return _status_mb("VmHWM")
 
 
 def current_rss_mb() -> float:
-    """VmRSS from ``/proc/self/status``: the resident memory now, in MB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
+    """VmRSS: the resident memory now, in MB."""
+    return _status_mb("VmRSS")
 
 
 def minor_page_faults() -> int:

@@ -85,9 +85,13 @@ def main() -> None:
         optimizer.step()
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"times": times[args.warmup :], "peak_rss_mb": peak, "steady_rss_mb": peak_rss_since_reset_mb()}
-    result["start_rss_mb"] = start_rss
-    result["faults_per_step"] = (minor_page_faults() - faults) / args.steps
+    result = {
+        "times": times[args.warmup :],
+        "peak_rss_mb": peak,
+        "steady_rss_mb": peak_rss_since_reset_mb(),
+        "start_rss_mb": start_rss,
+        "faults_per_step": (minor_page_faults() - faults) / args.steps,
+    }
     print(json.dumps(result))
 
 

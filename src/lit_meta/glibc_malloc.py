@@ -102,8 +102,4 @@ def release_freed_memory() -> bool:
     settles after large blocks have been freed; the trim threshold goes back to
     twice that, as glibc's dynamic rule sets it. Returns whether it took effect.
     """
-    libc = _glibc()
-    if libc is None or not _mallopt(M_TRIM_THRESHOLD, RELEASED_TRIM_THRESHOLD):
-        return False
-    libc.malloc_trim(0)
-    return True
+    return _mallopt(M_TRIM_THRESHOLD, RELEASED_TRIM_THRESHOLD) and return_free_pages()

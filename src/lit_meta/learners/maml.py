@@ -272,11 +272,11 @@ class MAML(MetaLearner):
         # By address, so a tensor saved by several nodes counts once. Storages are not held
         # (that would keep every one alive until the count ends): one freed within the task
         # and reallocated at the same address with the same size counts once.
-        saved: dict[tuple[int, int], None] = {}
+        saved: set[tuple[int, int]] = set()
 
         def pack(tensor: Tensor) -> Tensor:
             storage = tensor.untyped_storage()
-            saved[storage.data_ptr(), storage.nbytes()] = None
+            saved.add((storage.data_ptr(), storage.nbytes()))
             return tensor
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
