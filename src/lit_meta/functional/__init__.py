@@ -6,6 +6,8 @@
 - :mod:`~lit_meta.functional.task_loss`: adapt on one task's support set, score its query
   set (the reference path).
 - :mod:`~lit_meta.functional.compiled`: a task's query pass, optionally ``torch.compile``-d.
+- :mod:`~lit_meta.functional.shifted_conv`: one-input-channel convolutions as shifted
+  sums, which the compiled query pass fuses with the BatchNorm after them.
 - :mod:`~lit_meta.functional.batched`: the same for all tasks of a meta-batch at once (``vmap``).
 - :mod:`~lit_meta.functional.batch_norm`: batch normalisation that is exact under ``vmap``.
 """
