@@ -17,6 +17,7 @@ from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.functional import adaptable_parameters, functional_forward, task_buffers
 from lit_meta.learners import ANIL, MAML, MetaSGD, Reptile
+from lit_meta.learners import maml as maml_module
 
 from ..conftest import TinyImages
 
@@ -124,6 +125,37 @@ def auto_learner(
     monkeypatch.setattr(learner, "_time_path", time_path)
     monkeypatch.setattr(learner, "_planned_training_seconds", lambda step_seconds: planned_s)
     return learner
+
+
+def test_auto_times_a_path_by_its_fastest_step_after_the_warm_up(monkeypatch):
+    """One step's time varies on a shared machine: a path is timed by its fastest timed step,
+    and the warm-up step (which compiles on the compiled path) never counts."""
+    learner = MAML(small_net(), inner_lr=0.3)
+    step_seconds = iter([1.0, 2.5, 2.0, 2.2])  # warm-up, then the timed steps
+    assert maml_module.TIMED_TRIAL_STEPS == 3
+    clock = {"now": 0.0, "started": False}
+
+    def perf_counter():
+        if clock["started"]:
+            clock["now"] += next(step_seconds)
+        clock["started"] = not clock["started"]
+        return clock["now"]
+
+    monkeypatch.setattr(maml_module.time, "perf_counter", perf_counter)
+    assert learner._time_path(a_batch(), "loop") == 2.0
+
+
+def test_auto_gives_memory_back_after_every_trial_and_the_vmap_estimate(monkeypatch):
+    """Retained freed memory of one trial must not stay resident under the next (it set a
+    Conv4 run's peak): after each path's steps and after the estimate, memory goes back."""
+    learner = MAML(small_net(), inner_lr=0.3, vmap_memory_budget_mb=1e6)
+    events = []
+    meta_loss = learner._meta_loss
+    monkeypatch.setattr(learner, "_meta_loss", lambda batch, path: events.append(path) or meta_loss(batch, path))
+    monkeypatch.setattr(maml_module, "return_free_pages", lambda: events.append("give back"))
+    learner._measure_paths(a_batch())
+    steps = 1 + maml_module.TIMED_TRIAL_STEPS
+    assert events == [*["loop"] * steps, "give back", "loop", "give back", *["vmap"] * steps, "give back"]
 
 
 def test_auto_execution_tries_compiling_only_when_the_run_pays_for_it(monkeypatch, caplog):

@@ -34,6 +34,8 @@ ExecutionPath = Literal["loop", "vmap", "compiled"]
 EXECUTION_PATH_KEY = "lit_meta_maml_execution_path"
 COMPILE_WORTH_S = 600.0
 """``execution="auto"`` tries ``torch.compile`` only for runs planned to take at least this long (seconds)."""
+TIMED_TRIAL_STEPS = 3
+"""``execution="auto"`` times each path over this many meta-gradients after a warm-up one, and keeps its fastest."""
 CPU_VMAP_BUDGET_MB = 256.0
 """``execution="auto"`` on a CPU tries vmap only when its activations are estimated at most this (MB)."""
 
@@ -196,7 +198,7 @@ class MAML(MetaLearner):
         self._measured_path = checkpoint.get(EXECUTION_PATH_KEY, self._measured_path)
 
     def _measure_paths(self, batch: EpisodeBatch) -> ExecutionPath:
-        """Times one meta-gradient on each path (after a warm-up call) and returns the fastest.
+        """Times each path (:meth:`_time_path`) and returns the fastest.
 
         Which path wins depends on the network and the device: on a 2-core CPU
         vmap is ~3x slower for Conv4 (per-task weights make convolutions
@@ -225,7 +227,8 @@ class MAML(MetaLearner):
             start = time.perf_counter()
             try:
                 timings["compiled"] = self._time_path(batch, "compiled")
-                notes.append(f"compiling took {time.perf_counter() - start - timings['compiled']:.0f} s")
+                compiling = time.perf_counter() - start - (1 + TIMED_TRIAL_STEPS) * timings["compiled"]
+                notes.append(f"compiling took ~{compiling:.0f} s")
             except Exception as error:  # any compiler failure means: not this path
                 timings["compiled"] = math.inf
                 notes.append(f"compiled not available: {type(error).__name__}: {str(error)[:200]}")
@@ -241,30 +244,31 @@ class MAML(MetaLearner):
         return choice
 
     def _time_path(self, batch: EpisodeBatch, path: ExecutionPath) -> float:
-        """Seconds of the second of two meta-gradients on ``path`` (the first warms up, or compiles).
+        """Seconds of the fastest of ``TIMED_TRIAL_STEPS`` meta-gradients on ``path``, after
+        one that warms up (or compiles). The fastest of several, because one step's time on
+        a shared or virtual machine varies by 10% and more: timing one step, or the faster
+        of two, made auto pick the loop over the ~15% faster compiled path in one of three
+        second-order Conv4 runs (``benchmarks/maml_step.py``).
 
-        Afterwards the memory the trial freed goes back to the system (``malloc_trim``
-        on CPU under glibc, ``empty_cache`` on CUDA), so the next path's trial and the
-        run do not stack on its layout (kept freed memory would otherwise stay resident).
+        Afterwards the memory the trial freed goes back to the system
+        (:func:`_return_freed_memory`), so the next path's trial and the run do not
+        stack on its layout (kept freed memory would otherwise stay resident).
         """
         trainable = [p for p in self.parameters() if p.requires_grad]
-        seconds = math.inf
+        seconds = []
         try:
-            for _ in range(2):
+            for _ in range(1 + TIMED_TRIAL_STEPS):
                 start = time.perf_counter()
                 loss = self._meta_loss(batch, path)
                 torch.autograd.grad(loss, trainable, allow_unused=True)
                 if batch.support_x.is_cuda:
                     torch.cuda.synchronize(batch.support_x.device)
-                seconds = time.perf_counter() - start
+                seconds.append(time.perf_counter() - start)
         except torch.OutOfMemoryError:
             return math.inf
         finally:
-            if batch.support_x.is_cuda:
-                torch.cuda.empty_cache()
-            else:
-                return_free_pages()
-        return seconds
+            _return_freed_memory(batch.support_x.device)
+        return min(seconds[1:])
 
     def _task_activation_bytes(self, batch: EpisodeBatch) -> int:
         """Bytes autograd saves for one task's meta-gradient on the loop path: its
@@ -281,6 +285,7 @@ class MAML(MetaLearner):
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             self._meta_loss(collate_episodes([batch[0]]), "loop")
+        _return_freed_memory(batch.support_x.device)
         return sum(nbytes for _, nbytes in saved)
 
     def _vmap_memory_budget(self, device: torch.device) -> float:
@@ -422,6 +427,15 @@ class AdaptedNetwork:
 
     def __call__(self, x: Tensor) -> Tensor:
         return functional_forward(self.backbone, self.params, self.buffers, x)
+
+
+def _return_freed_memory(device: torch.device) -> None:
+    """Give the memory a trial freed back: ``empty_cache`` on CUDA, ``malloc_trim`` on CPU (glibc),
+    so the memory it kept for reuse does not stay resident under the next trial and the run."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        return_free_pages()
 
 
 def _detached(step_size: StepSize | Sequence[StepSize]) -> StepSize | Sequence[StepSize]:
