@@ -275,6 +275,7 @@ def main() -> None:
                 merged["times"] += result["times"]
                 merged["faults"].append(result.get("faults_per_step", math.nan))
                 merged["peaks"].append((result.get("start_rss_mb", math.nan), result["peak_rss_mb"]))
+                merged.setdefault("paths", []).append(result.get("path"))
                 for key in ("peak_rss_mb", "steady_rss_mb"):
                     merged[key] = max(merged[key], result.get(key, 0.0))
         report(results, args.tasks)
@@ -305,12 +306,15 @@ def report(results: dict[str, dict], tasks: int) -> None:
         start = statistics.median(before for before, _ in r["peaks"])
         growth = max(peak - before for before, peak in r["peaks"])
         faults = f"{statistics.mean(r['faults']):,.0f}"
-        label = f"{name} (chose {r['path']})" if "path" in r else name
+        label = f"{name} (chose {', '.join(r['paths'])})" if "path" in r else name
         print(
             f"| {label} | {median:.3f} | {tasks / median:.1f} "
             f"| {rss} | {start:.0f} | {growth:.0f} "
             f"| {faults} | {ratio} | {diff} |"
         )
+    print("\nPeak RSS MB of each process (the table gives the largest):")
+    for name, r in results.items():
+        print(f"- {name}: " + ", ".join(f"{peak:.0f}" for _, peak in r["peaks"]))
     if evals:
         print(f"\n| evaluation: {EVAL_EPISODES} episodes x {EVAL_STEPS} inner steps | seconds | peak RSS MB |")
         print("| --- | --- | --- |")
