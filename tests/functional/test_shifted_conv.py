@@ -62,6 +62,10 @@ def test_the_mode_rewrites_exactly_the_single_channel_stride_1_convolutions(monk
     with torch.autocast("cpu", dtype=torch.bfloat16), ShiftedSingleChannelConv():
         assert nn.Conv2d(1, 4, 3)(x1).dtype == torch.bfloat16  # autocast's convolution, not rewritten
     assert len(rewritten) == 2
+    for x, w in ((x1.double(), torch.randn(4, 1, 3, 3)), (torch.randn(2, 3, 10, 10), torch.randn(4, 1, 3, 3))):
+        with pytest.raises(RuntimeError), ShiftedSingleChannelConv():
+            F.conv2d(x, w)  # mismatched dtypes or channels: conv2d's own error, as without the mode
+    assert len(rewritten) == 2
 
 
 def test_the_compiled_query_pass_does_not_store_the_single_channel_convolution_output():

@@ -66,7 +66,9 @@ def _shiftable_padding(arguments: dict[str, Any]) -> tuple[int, int] | None:
     x, weight, padding = arguments["input"], arguments["weight"], arguments["padding"]
     if not (isinstance(x, Tensor) and isinstance(weight, Tensor)) or x.dim() != 4 or weight.dim() != 4:
         return None
-    if weight.shape[1] != 1 or arguments["groups"] != 1 or weight.shape[-2:].numel() > MAX_KERNEL_ELEMENTS:
+    if x.shape[1] != 1 or weight.shape[1] != 1 or arguments["groups"] != 1 or x.dtype != weight.dtype:
+        return None  # (what conv2d rejects, it still rejects)
+    if weight.shape[-2:].numel() > MAX_KERNEL_ELEMENTS:
         return None
     if _pair(arguments["stride"]) != (1, 1) or _pair(arguments["dilation"]) != (1, 1) or isinstance(padding, str):
         return None
