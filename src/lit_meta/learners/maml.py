@@ -85,7 +85,9 @@ class MAML(MetaLearner):
             one task after another):
 
             * ``"loop"`` adapts one task after another with a backward per task
-              (the reference; lowest memory);
+              (the reference; not the lowest in memory on a CPU: its larger
+              activations fragment glibc's retained heap, ~610 MB against ~540 MB
+              for a second-order Conv4 Trainer run, ``benchmarks/RESULTS.md``);
             * ``"compiled"`` is the loop with each task's query pass compiled by
               :func:`torch.compile` (:mod:`lit_meta.functional.compiled`): exact for
               first and second order (the same meta-gradient up to float rounding),
