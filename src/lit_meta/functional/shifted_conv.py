@@ -11,8 +11,10 @@ normalisation, recomputing the sum where it is needed instead of storing it.
 
 For a Conv4 query pass on 75 Omniglot images (28x28, 2-core CPU, forward and backward)
 this cuts what the pass saves for backward from 25.5 to 11.2 MB and the memory it holds
-at its peak from 51.6 to 41.1 MB; the forward still writes the sum once (a temporary, not
-kept), and the backward never writes a 28x28 tensor. In three interleaved pairs of
+at its peak from 51.6 to 41.1 MB. The forward still writes the sum once (a temporary, not
+kept), and the backward still writes 28x28 gradients (max-pool's, through Inductor's
+scatter, and BatchNorm's), but no longer runs the layer's ``convolution_backward``
+on a stored output. In three interleaved pairs of
 first-order MAML processes on the compiled path the peak memory was 535-538 MB against
 535-564 MB without it, at the same speed within the noise (``benchmarks/maml_step.py``,
 ``benchmarks/RESULTS.md``). In eager mode the shifted form is ~1.3x slower than
