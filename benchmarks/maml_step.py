@@ -270,12 +270,14 @@ def main() -> None:
                     print(f"{name}: skipped" + ("" if args.peer_python else " (no --peer-python)"))
                     continue
                 merged = results.setdefault(
-                    name, {**result, "times": [], "peak_rss_mb": 0.0, "steady_rss_mb": 0.0, "faults": [], "peaks": []}
+                    name,
+                    {**result, "times": [], "peak_rss_mb": 0.0, "steady_rss_mb": 0.0}
+                    | {"faults": [], "peaks": [], "paths": []},
                 )
                 merged["times"] += result["times"]
                 merged["faults"].append(result.get("faults_per_step", math.nan))
                 merged["peaks"].append((result.get("start_rss_mb", math.nan), result["peak_rss_mb"]))
-                merged.setdefault("paths", []).append(result.get("path"))
+                merged["paths"].append(result.get("path"))
                 for key in ("peak_rss_mb", "steady_rss_mb"):
                     merged[key] = max(merged[key], result.get(key, 0.0))
         report(results, args.tasks)
@@ -306,7 +308,7 @@ def report(results: dict[str, dict], tasks: int) -> None:
         start = statistics.median(before for before, _ in r["peaks"])
         growth = max(peak - before for before, peak in r["peaks"])
         faults = f"{statistics.mean(r['faults']):,.0f}"
-        label = f"{name} (chose {', '.join(r['paths'])})" if "path" in r else name
+        label = f"{name} (chose {', '.join(r['paths'])})" if any(r["paths"]) else name
         print(
             f"| {label} | {median:.3f} | {tasks / median:.1f} "
             f"| {rss} | {start:.0f} | {growth:.0f} "
