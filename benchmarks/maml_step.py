@@ -28,6 +28,16 @@ first step (imports, model, data and optimizer: lit-meta's imports include Light
 and learn2learn's process imports ``torch._dynamo`` when it builds Adam) and how far its
 steps took it above that.
 
+Compare like with like: run lit-meta from the README's install (``pip install -e
+".[dev]"``), whose optional packages match the peer environment's. torchmetrics, which
+Lightning imports, imports matplotlib whenever it is installed (25-30 MB of RSS), so a
+venv that also holds the plotting benchmarks' matplotlib raises lit-meta's peak by that
+much. Each process lists the optional packages it imported, and the report says when
+lit-meta's imported matplotlib. (learn2learn's process imports scipy, a learn2learn requirement, and the peer
+environment's torchvision stub: those are its own.) It also gives each process's
+file-backed RSS (libtorch's mapped pages), which differed by 38 MB between two venvs
+holding the same libtorch.
+
     python benchmarks/maml_step.py --steps 7 --allocator jemalloc
     python benchmarks/maml_step.py --rounds 3 --allocator glibc-retain
     python benchmarks/maml_step.py --rounds 3 --configs "lit-meta compiled, 2nd order" "learn2learn, 2nd order"
@@ -48,7 +58,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from peak_rss import current_rss_mb, minor_page_faults, peak_rss_since_reset_mb, reset_peak_rss
+from peak_rss import (
+    current_rss_mb,
+    environment_footprint,
+    minor_page_faults,
+    peak_rss_since_reset_mb,
+    reset_peak_rss,
+)
 from subprocess_runs import ALLOCATOR_ENVIRONMENTS, JEMALLOC, allocator_environment_note, run_configuration
 
 HERE = Path(__file__).resolve().parent
@@ -66,6 +82,8 @@ CONFIGS = {
     "learn2learn eval": {"impl": "learn2learn", "first_order": False, "eval": True},
 }
 EVAL_EPISODES, EVAL_STEPS = 600, 10
+# Imported by lit-meta's process only where installed, and not installed by the README's install.
+NOT_IN_README_INSTALL = {"matplotlib"}
 
 
 def make_inputs(workdir: Path, ways: int, shots: int, queries: int, tasks: int) -> None:
@@ -193,7 +211,7 @@ def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float
     torch.set_num_threads(threads)
     result = run_lit_meta(config, workdir, steps, warmup, inner_lr)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(result))
+    print(json.dumps(result | environment_footprint()))
 
 
 def launch(name: str, config: dict, args: argparse.Namespace, workdir: Path) -> dict | None:
@@ -272,12 +290,14 @@ def main() -> None:
                 merged = results.setdefault(
                     name,
                     {**result, "times": [], "peak_rss_mb": 0.0, "steady_rss_mb": 0.0}
-                    | {"faults": [], "peaks": [], "paths": []},
+                    | {"faults": [], "peaks": [], "paths": [], "file_rss": [], "optional_imports": set()},
                 )
                 merged["times"] += result["times"]
                 merged["faults"].append(result.get("faults_per_step", math.nan))
                 merged["peaks"].append((result.get("start_rss_mb", math.nan), result["peak_rss_mb"]))
                 merged["paths"].append(result.get("path"))
+                merged["file_rss"].append(result.get("file_rss_mb", math.nan))
+                merged["optional_imports"].update(result.get("optional_imports", []))
                 for key in ("peak_rss_mb", "steady_rss_mb"):
                     merged[key] = max(merged[key], result.get(key, 0.0))
         report(results, args.tasks)
@@ -314,9 +334,19 @@ def report(results: dict[str, dict], tasks: int) -> None:
             f"| {rss} | {start:.0f} | {growth:.0f} "
             f"| {faults} | {ratio} | {diff} |"
         )
-    print("\nPeak RSS MB of each process (the table gives the largest):")
+    print("\nPeak RSS MB of each process (the table gives the largest), and what its RSS held besides its work:")
     for name, r in results.items():
-        print(f"- {name}: " + ", ".join(f"{peak:.0f}" for _, peak in r["peaks"]))
+        peaks = ", ".join(f"{peak:.0f}" for _, peak in r["peaks"])
+        files = ", ".join(f"{mb:.0f}" for mb in r["file_rss"])
+        optional = ", ".join(sorted(r["optional_imports"])) or "none"
+        print(f"- {name}: {peaks} (file-backed: {files}; optional packages imported: {optional})")
+    extra = set().union(*(r["optional_imports"] for name, r in results.items() if name.startswith("lit-meta")))
+    if extra & NOT_IN_README_INSTALL:
+        print(
+            f"NOT LIKE WITH LIKE: lit-meta's processes imported {', '.join(sorted(extra & NOT_IN_README_INSTALL))}, "
+            "which the README's install does not hold (torchmetrics imports matplotlib whenever it is installed), "
+            "so their peak RSS includes it: run lit-meta from the README's install."
+        )
     if evals:
         print(f"\n| evaluation: {EVAL_EPISODES} episodes x {EVAL_STEPS} inner steps | seconds | peak RSS MB |")
         print("| --- | --- | --- |")

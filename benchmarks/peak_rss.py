@@ -7,7 +7,13 @@ Standard library only, so the peer scripts in ``peers/`` (another environment) u
 from __future__ import annotations
 
 import resource
+import sys
 from pathlib import Path
+
+# Packages a process may import only because they happen to be installed (torchmetrics,
+# which Lightning imports, imports matplotlib when present), costing tens of MB of RSS that
+# are not the step's: two processes compare like with like only when these lists match.
+OPTIONAL_HEAVY_PACKAGES = ("matplotlib", "pandas", "scipy", "tensorboard", "torchvision", "wandb")
 
 
 def reset_peak_rss() -> None:
@@ -35,3 +41,12 @@ def minor_page_faults() -> int:
     """Minor page faults of this process so far: each is a fresh page the allocator got
     from the kernel (zero-filled on first touch), the cost of returning freed memory to it."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def environment_footprint() -> dict:
+    """What a process's RSS holds besides its own work, to check that two processes compare
+    like with like: the optional packages it imported and its file-backed RSS (the mapped
+    pages of shared libraries such as libtorch_cpu.so: tens of MB that vary with how the
+    library's pages entered the page cache, 77 or 115 MB for one libtorch in two venvs)."""
+    imported = sorted(name for name in OPTIONAL_HEAVY_PACKAGES if name in sys.modules)
+    return {"optional_imports": imported, "file_rss_mb": _status_mb("RssFile")}

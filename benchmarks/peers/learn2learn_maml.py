@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared peak_rss helper
-from peak_rss import current_rss_mb, minor_page_faults, peak_rss_since_reset_mb, reset_peak_rss
+from peak_rss import (
+    current_rss_mb,
+    environment_footprint,
+    minor_page_faults,
+    peak_rss_since_reset_mb,
+    reset_peak_rss,
+)
 
 
 def conv4(ways: int) -> nn.Module:
@@ -91,6 +97,7 @@ def main() -> None:
         "steady_rss_mb": peak_rss_since_reset_mb(),
         "start_rss_mb": start_rss,
         "faults_per_step": (minor_page_faults() - faults) / args.steps,
+        **environment_footprint(),
     }
     print(json.dumps(result))
 
