@@ -33,10 +33,10 @@ Compare like with like: run lit-meta from the README's install (``pip install -e
 Lightning imports, imports matplotlib whenever it is installed (25-30 MB of RSS), so a
 venv that also holds the plotting benchmarks' matplotlib raises lit-meta's peak by that
 much. Each process lists the optional packages it imported, and the report says when
-lit-meta's imported matplotlib. (learn2learn's process imports scipy, a learn2learn requirement, and the peer
-environment's torchvision stub: those are its own.) It also gives each process's
-file-backed RSS (libtorch's mapped pages), which differed by 38 MB between two venvs
-holding the same libtorch.
+lit-meta's imported matplotlib. (learn2learn's process imports scipy, a learn2learn
+requirement, and the peer environment's torchvision stub: those are its own.) It also
+gives each process's file-backed RSS (libtorch's mapped pages), which differed by 38 MB
+between two venvs holding the same libtorch.
 
     python benchmarks/maml_step.py --steps 7 --allocator jemalloc
     python benchmarks/maml_step.py --rounds 3 --allocator glibc-retain

@@ -10,9 +10,9 @@ import resource
 import sys
 from pathlib import Path
 
-# Packages a process may import only because they happen to be installed (torchmetrics,
-# which Lightning imports, imports matplotlib when present), costing tens of MB of RSS that
-# are not the step's: two processes compare like with like only when these lists match.
+# Heavy packages a process may hold: its library's own requirements (learn2learn imports
+# scipy) or imports that happen only because the package is installed (torchmetrics, which
+# Lightning imports, imports matplotlib when present: 25-30 MB that are not the step's).
 OPTIONAL_HEAVY_PACKAGES = ("matplotlib", "pandas", "scipy", "tensorboard", "torchvision", "wandb")
 
 
@@ -46,7 +46,7 @@ def minor_page_faults() -> int:
 def environment_footprint() -> dict:
     """What a process's RSS holds besides its own work, to check that two processes compare
     like with like: the optional packages it imported and its file-backed RSS (the mapped
-    pages of shared libraries such as libtorch_cpu.so: tens of MB that vary with how the
-    library's pages entered the page cache, 77 or 115 MB for one libtorch in two venvs)."""
+    pages of shared libraries such as libtorch_cpu.so; after ``import torch`` one libtorch
+    mapped 77 MB in one venv and 115 MB in another on the same disk, cause not established)."""
     imported = sorted(name for name in OPTIONAL_HEAVY_PACKAGES if name in sys.modules)
     return {"optional_imports": imported, "file_rss_mb": _status_mb("RssFile")}
