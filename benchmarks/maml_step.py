@@ -50,7 +50,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shlex
 import statistics
 import sys
@@ -62,6 +61,7 @@ from peak_rss import (
     current_rss_mb,
     environment_footprint,
     minor_page_faults,
+    peak_rss_mb,
     peak_rss_since_reset_mb,
     reset_peak_rss,
 )
@@ -210,7 +210,7 @@ def worker(config: dict, workdir: Path, steps: int, warmup: int, inner_lr: float
 
     torch.set_num_threads(threads)
     result = run_lit_meta(config, workdir, steps, warmup, inner_lr)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result | environment_footprint()))
 
 
@@ -340,10 +340,10 @@ def report(results: dict[str, dict], tasks: int) -> None:
         files = ", ".join(f"{mb:.0f}" for mb in r["file_rss"])
         optional = ", ".join(sorted(r["optional_imports"])) or "none"
         print(f"- {name}: {peaks} (file-backed: {files}; optional packages imported: {optional})")
-    extra = set().union(*(r["optional_imports"] for name, r in results.items() if name.startswith("lit-meta")))
-    if extra & NOT_IN_README_INSTALL:
+    lit_meta_imports = set().union(*(r["optional_imports"] for n, r in results.items() if n.startswith("lit-meta")))
+    if extra := sorted(lit_meta_imports & NOT_IN_README_INSTALL):
         print(
-            f"NOT LIKE WITH LIKE: lit-meta's processes imported {', '.join(sorted(extra & NOT_IN_README_INSTALL))}, "
+            f"NOT LIKE WITH LIKE: lit-meta's processes imported {', '.join(extra)}, "
             "which the README's install does not hold (torchmetrics imports matplotlib whenever it is installed), "
             "so their peak RSS includes it: run lit-meta from the README's install."
         )

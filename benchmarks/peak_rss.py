@@ -32,6 +32,11 @@ def peak_rss_since_reset_mb() -> float:
     return _status_mb("VmHWM")
 
 
+def peak_rss_mb() -> float:
+    """The whole process's peak RSS (``ru_maxrss``), in MB; unlike VmHWM, not restarted by :func:`reset_peak_rss`."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def current_rss_mb() -> float:
     """VmRSS: the resident memory now, in MB."""
     return _status_mb("VmRSS")

@@ -51,7 +51,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import sys
@@ -59,6 +58,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from peak_rss import current_rss_mb, peak_rss_mb
 from subprocess_runs import JEMALLOC, allocator_environment_note, run_configuration
 
 HERE = Path(__file__).resolve().parent
@@ -100,11 +100,6 @@ def make_inputs(workdir: Path, setups: list[str]) -> None:
         torch.save(episode, workdir / f"episode-{setup_key(setup)}.pt")
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
 def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int) -> dict:
     """lit-meta's ProtoNet: ``meta_loss`` + backward + Adam step, as the Trainer runs it.
 
@@ -129,7 +124,7 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int) -> dict:
         batch = batch.to(torch.float64)
         steps, warmup = 1, 0
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    start_rss = rss_mb()
+    start_rss = current_rss_mb()
     times = []
     for step in range(warmup + steps):
         start = time.perf_counter()
@@ -149,7 +144,7 @@ def worker(config: dict, workdir: Path, steps: int, warmup: int, threads: int) -
 
     torch.set_num_threads(threads)
     result = run_lit_meta(config, workdir, steps, warmup)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 

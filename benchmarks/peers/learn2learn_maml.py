@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from peak_rss import (
     current_rss_mb,
     environment_footprint,
     minor_page_faults,
+    peak_rss_mb,
     peak_rss_since_reset_mb,
     reset_peak_rss,
 )
@@ -68,8 +68,7 @@ def main() -> None:
             for _ in range(10):
                 learner.adapt(F.cross_entropy(learner(batch["support_x"][t]), batch["support_y"][t]))
             learner(batch["query_x"][t]).argmax(-1)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"times": [time.perf_counter() - start], "peak_rss_mb": peak}))
+        print(json.dumps({"times": [time.perf_counter() - start], "peak_rss_mb": peak_rss_mb()}))
         return
     optimizer = torch.optim.Adam(maml.parameters(), lr=1e-3)
     start_rss = current_rss_mb()
@@ -90,10 +89,9 @@ def main() -> None:
             torch.save([p.grad.clone() for p in net.parameters()], args.workdir / f"grads-{config['key']}.pt")
         optimizer.step()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "times": times[args.warmup :],
-        "peak_rss_mb": peak,
+        "peak_rss_mb": peak_rss_mb(),
         "steady_rss_mb": peak_rss_since_reset_mb(),
         "start_rss_mb": start_rss,
         "faults_per_step": (minor_page_faults() - faults) / args.steps,

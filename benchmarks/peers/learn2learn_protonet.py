@@ -19,14 +19,15 @@ the order that this sort turns into class by class, support then query: after th
 the support and query are exactly lit-meta's (checked before timing). The network is
 lit-meta's Conv4 without head (4 x [conv3x3 64, BatchNorm, max-pool 2, ReLU], flatten:
 a 64-d embedding of 28x28 images), as plain layers in lit-meta's parameter order,
-loaded with the same initial weights. Imports only torch and learn2learn.
+loaded with the same initial weights. Imports torch, learn2learn and ``benchmarks/peak_rss.py``
+(standard library only).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import sys
 import time
 import types
 from pathlib import Path
@@ -36,6 +37,9 @@ from learn2learn.algorithms.lightning import LightningPrototypicalNetworks
 from learn2learn.nn import PrototypicalClassifier
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared peak_rss helper
+from peak_rss import current_rss_mb, peak_rss_mb
+
 
 def conv4_embedding() -> nn.Module:
     blocks = []
@@ -44,11 +48,6 @@ def conv4_embedding() -> nn.Module:
             nn.Sequential(nn.Conv2d(in_channels, 64, 3, padding=1), nn.BatchNorm2d(64), nn.MaxPool2d(2), nn.ReLU())
         )
     return nn.Sequential(*blocks, nn.Flatten())
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def main() -> None:
@@ -86,7 +85,7 @@ def main() -> None:
             p.copy_(w)
     module = types.SimpleNamespace(features=net, classifier=PrototypicalClassifier(), loss=nn.CrossEntropyLoss())
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    start_rss = rss_mb()
+    start_rss = current_rss_mb()
     times = []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
@@ -98,8 +97,7 @@ def main() -> None:
             torch.save({"loss": loss.item(), "grads": grads}, args.workdir / f"grads-{config['key']}.pt")
         optimizer.step()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times[args.warmup :], "peak_rss_mb": peak, "start_rss_mb": start_rss}))
+    print(json.dumps({"times": times[args.warmup :], "peak_rss_mb": peak_rss_mb(), "start_rss_mb": start_rss}))
 
 
 if __name__ == "__main__":
