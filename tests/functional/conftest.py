@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_meta.backbones import MLP, Conv4
-from lit_meta.functional import TaskLoss, adaptable_parameters, functional_forward, task_buffers, task_loss
+from lit_meta.functional import ScoredTask, adapt_and_score, adaptable_parameters, functional_forward, task_buffers
 
 Tasks = tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -31,11 +31,11 @@ def make_tasks(
     return support_x, support_y, query_x, query_y
 
 
-def run_task(net: nn.Module, task: Tasks, params: dict[str, Tensor] | None = None, **settings) -> TaskLoss:
-    """``task_loss`` on one unbatched task with cross-entropy, per-task BatchNorm statistics and,
+def run_task(net: nn.Module, task: Tasks, params: dict[str, Tensor] | None = None, **settings) -> ScoredTask:
+    """``adapt_and_score`` on one unbatched task with cross-entropy, per-task BatchNorm statistics and,
     unless ``params`` are given, the network's own parameters; ``settings`` are its keyword arguments."""
     start = adaptable_parameters(net) if params is None else params
-    return task_loss(net, start, task_buffers(net), F.cross_entropy, *task, **settings)
+    return adapt_and_score(net, start, task_buffers(net), F.cross_entropy, *task, **settings)
 
 
 def plain_gradients(net: nn.Module, params: dict[str, Tensor], x: Tensor, y: Tensor) -> list[Tensor]:

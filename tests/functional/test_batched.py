@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from lit_meta.errors import NonFiniteLossError
-from lit_meta.functional import TaskLoss, adaptable_parameters, batched_task_loss, head_parameter_names, task_buffers
+from lit_meta.functional import (
+    ScoredTask,
+    adam,
+    adaptable_parameters,
+    batched_adapt_and_score,
+    head_parameter_names,
+    task_buffers,
+)
 from lit_meta.functional.batched import ExactNormalizationMode
 from tests.functional.conftest import Tasks, make_tasks, run_task, tiny_conv4
 
@@ -25,23 +34,22 @@ def assert_relatively_close(actual: list[Tensor], expected: list[Tensor], tolera
         assert error <= tolerance, f"relative error {error:.2e} > {tolerance:.0e}"
 
 
-def run_batched(net: nn.Module, tasks: Tasks, buffers: str = "task", **settings) -> TaskLoss:
-    """``batched_task_loss`` with cross-entropy and the network's own parameters."""
-    return batched_task_loss(
+def run_batched(net: nn.Module, tasks: Tasks, buffers: str = "task", **settings) -> ScoredTask:
+    """``batched_adapt_and_score`` with cross-entropy and the network's own parameters."""
+    return batched_adapt_and_score(
         net, adaptable_parameters(net), task_buffers(net, buffers), F.cross_entropy, *tasks, **settings
     )
 
 
-def loop_and_batched(net, tasks, step_size, **kwargs):
+def loop_and_batched(net, tasks, hyperparameters: Sequence[Tensor] = (), **settings):
     """Per-task reference (one backward per task, gradients accumulated) and the batched path;
-    returns ``(loop result, batched result)``, each as (query losses, support losses, outputs, gradients)."""
-    learned = list(net.parameters())
-    if isinstance(step_size, dict):
-        learned += list(step_size.values())
+    returns ``(loop result, batched result)``, each as (query losses, support losses, outputs, gradients
+    of the network's parameters and then of the learned ``hyperparameters``)."""
+    learned = [*net.parameters(), *hyperparameters]
 
     losses, support, outputs = [], [], []
     for task in zip(*tasks, strict=True):
-        result = run_task(net, task, step_size=step_size, **kwargs)
+        result = run_task(net, task, **settings)
         (result.query_loss / len(tasks[0])).backward()
         losses.append(result.query_loss.detach())
         support.append(result.support_losses)
@@ -50,7 +58,7 @@ def loop_and_batched(net, tasks, step_size, **kwargs):
 
     for t in learned:
         t.grad = None
-    result = run_batched(net, tasks, step_size=step_size, **kwargs)
+    result = run_batched(net, tasks, **settings)
     result.query_loss.mean().backward()
     batched = (
         result.query_loss.detach(),
@@ -63,16 +71,19 @@ def loop_and_batched(net, tasks, step_size, **kwargs):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
-@pytest.mark.parametrize("variant", ["maml", "anil_meta_sgd"])
+@pytest.mark.parametrize("variant", ["maml", "anil_meta_sgd", "learned_rate_adam"])
 def test_batched_path_equals_the_per_task_loop(dtype, first_order, variant):
     net = tiny_conv4(dtype).train()
     tasks = make_tasks(4, (1, 16, 16), dtype=dtype)
     if variant == "maml":
         settings = {"step_size": 0.4}
-    else:
+    elif variant == "anil_meta_sgd":
         head = head_parameter_names(net)
         step_sizes = {n: torch.full_like(p, 0.3, requires_grad=True) for n, p in net.named_parameters() if n in head}
-        settings = {"step_size": step_sizes, "adapt_names": head}
+        settings = {"step_size": step_sizes, "inner_params": head, "hyperparameters": list(step_sizes.values())}
+    else:
+        lr = torch.tensor(0.01, dtype=dtype, requires_grad=True)
+        settings = {"optimizer": adam(lr=lr, betas=(0.8, 0.9)), "hyperparameters": [lr]}
     loop, batched = loop_and_batched(net, tasks, steps=2, first_order=first_order, **settings)
     for expected, actual in zip(loop[:3], batched[:3], strict=True):
         assert_relatively_close([actual], [expected], TOLERANCE[dtype])

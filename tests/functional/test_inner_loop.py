@@ -14,7 +14,6 @@ from lit_meta.functional import (
     check_finite_losses,
     functional_forward,
     head_parameter_names,
-    sgd_step,
 )
 from tests.functional.conftest import make_tasks, plain_gradients, run_task, tiny_mlp
 
@@ -85,7 +84,7 @@ def test_anil_adapts_only_the_head_and_the_body_still_gets_the_outer_gradient():
     params = adaptable_parameters(net)
     head = head_parameter_names(net)
     assert head == ["head.weight", "head.bias"]
-    result = run_task(net, one_task(), params, steps=2, step_size=0.5, adapt_names=head)
+    result = run_task(net, one_task(), params, steps=2, step_size=0.5, inner_params=head)
     for name, p in params.items():
         if name in head:
             assert not torch.equal(result.params[name], p)
@@ -127,19 +126,10 @@ def test_evaluation_without_an_outer_graph_gives_the_same_detached_parameters(fi
             torch.testing.assert_close(other.params[name], p.detach(), rtol=0, atol=0)
 
 
-def test_sgd_step_updates_only_the_given_gradients():
-    params = {"a": torch.ones(2), "b": torch.ones(3)}
-    updated = sgd_step(params, {"a": torch.full((2,), 2.0)}, {"a": torch.tensor([0.5, 0.25])})
-    assert torch.equal(updated["a"], torch.tensor([0.0, 0.5]))
-    assert updated["b"] is params["b"]
-    with pytest.raises(KeyError, match=r"missing for \['a'\]"):
-        sgd_step(params, {"a": torch.ones(2)}, {"b": torch.ones(3)})
-
-
 def test_bad_arguments_are_named():
     params = adaptable_parameters(tiny_mlp())
     with pytest.raises(ValueError, match=r"cannot adapt \['nope'\]"):
-        adapt(lambda p: p["head.bias"].sum(), params, steps=1, step_size=0.1, adapt=["nope"])
+        adapt(lambda p: p["head.bias"].sum(), params, steps=1, step_size=0.1, inner_params=["nope"])
     with pytest.raises(ValueError, match="got 1 per-step step sizes for 2 inner steps"):
         adapt(lambda p: p["head.bias"].sum(), params, steps=2, step_size=[0.1])
 

@@ -1,11 +1,11 @@
 """The batched fast path: adapt to every task of a meta-batch at once with ``torch.func.vmap``.
 
-:func:`batched_task_loss` vmaps the same inner loop as the per-task
-:func:`~lit_meta.functional.task_loss.task_loss`, differentiating with
-``torch.func.grad`` instead of ``torch.autograd.grad``, and is tested to give the
-same losses and meta-gradients. Whether it is faster depends on the device and
-the network (per-task weights turn convolutions into grouped convolutions); the
-learners choose it by measurement.
+:func:`batched_adapt_and_score` vmaps the same inner loop, with the same inner
+optimiser, as the per-task :func:`~lit_meta.functional.adapt_and_score.adapt_and_score`,
+differentiating with ``torch.func.grad`` instead of ``torch.autograd.grad``, and is
+tested to give the same losses and meta-gradients. Whether it is faster depends on
+the device and the network (per-task weights turn convolutions into grouped
+convolutions); the learners choose it by measurement.
 
 Exactness. ``vmap``'s batching rules for the double-backward of the fused
 normalisation kernels are wrong in torch 2.13: second-order gradients through
@@ -36,23 +36,18 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
+from lit_meta.functional.adapt_and_score import Criterion, ScoredTask
 from lit_meta.functional.batch_norm import task_batch_norm
-from lit_meta.functional.inner_loop import (
-    LossFn,
-    StepSize,
-    adapted_names,
-    check_finite_losses,
-    inner_loop,
-    per_step_sizes,
-)
+from lit_meta.functional.deprecation import renamed_function, renamed_keyword
+from lit_meta.functional.inner_loop import LossFn, adapted_names, check_finite_losses, inner_loop, inner_optimizer
+from lit_meta.functional.optimizers import InnerOptimizer, StepSize
 from lit_meta.functional.params import functional_forward
-from lit_meta.functional.task_loss import Criterion, TaskLoss
 
 _BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
 
 _BATCH_NORM_FIX = (
     "pass buffers=task_buffers(module, 'task') for per-task batch statistics, put the module in eval mode, "
-    "or use the per-task loop (task_loss)"
+    "or use the per-task loop (adapt_and_score)"
 )
 
 _INEXACT_SECOND_ORDER = {
@@ -110,7 +105,7 @@ class ExactNormalizationMode(TorchFunctionMode):
             raise ValueError(
                 f"{_INEXACT_SECOND_ORDER[func]} gets wrong second-order gradients under torch.func.vmap "
                 f"(torch {torch.__version__}), so the batched inner loop refuses this backbone; use the "
-                "per-task loop (task_loss) or first_order=True"
+                "per-task loop (adapt_and_score) or first_order=True"
             )
         return func(*args, **kwargs)
 
@@ -127,7 +122,8 @@ def refuse_running_statistics_updates(module: nn.Module, buffers: Mapping[str, T
                 )
 
 
-def batched_task_loss(
+@renamed_keyword("adapt_names", "inner_params")
+def batched_adapt_and_score(
     module: nn.Module,
     params: Mapping[str, Tensor],
     buffers: Mapping[str, Tensor | None],
@@ -138,17 +134,19 @@ def batched_task_loss(
     query_y: Tensor,
     *,
     steps: int,
-    step_size: StepSize | Sequence[StepSize],
+    step_size: StepSize | Sequence[StepSize] | None = None,
+    optimizer: InnerOptimizer | None = None,
     first_order: bool = False,
-    adapt_names: Collection[str] | None = None,
+    inner_params: Collection[str] | None = None,
     check_finite: bool = True,
     chunk_size: int | None = None,
-) -> TaskLoss:
-    """:func:`~lit_meta.functional.task_loss.task_loss` for every task of a meta-batch at once.
+) -> ScoredTask:
+    """:func:`~lit_meta.functional.adapt_and_score.adapt_and_score` for every task of a meta-batch at once.
 
-    The arguments are those of ``task_loss``, with a leading task dimension on
+    The arguments are those of ``adapt_and_score``, with a leading task dimension on
     ``support_x``, ``support_y``, ``query_x`` and ``query_y``; ``params``,
-    ``buffers`` and the step sizes are shared by all tasks. Each field of the
+    ``buffers`` and the step sizes (the optimiser) are shared by all tasks, and
+    each task runs the optimiser from its own fresh state. Each field of the
     result has a leading task dimension (``query_loss`` is ``[tasks]``).
     Non-finite support losses are checked once, after all tasks.
 
@@ -168,8 +166,8 @@ def batched_task_loss(
             in train mode is given its running statistics (it would update them).
     """
     refuse_running_statistics_updates(module, buffers)
-    names = adapted_names(params, adapt_names)
-    step_sizes = per_step_sizes(step_size, steps)
+    names = adapted_names(params, inner_params)
+    optimizer = inner_optimizer(steps, step_size, optimizer)
     start = dict(params)
 
     def one_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
@@ -177,7 +175,13 @@ def batched_task_loss(
             return criterion(functional_forward(module, p, buffers, sx), sy)
 
         adapted = inner_loop(
-            support_loss, start, names, step_sizes, differentiate=func_gradients, create_graph=not first_order
+            support_loss,
+            start,
+            names,
+            optimizer,
+            steps=steps,
+            differentiate=func_gradients,
+            create_graph=not first_order,
         )
         output = functional_forward(module, adapted.params, buffers, qx)
         return criterion(output, qy), output, adapted.support_losses, adapted.params
@@ -188,4 +192,7 @@ def batched_task_loss(
         )(support_x, support_y, query_x, query_y)
     if check_finite:
         check_finite_losses(support_losses)
-    return TaskLoss(query_loss, query_output, support_losses, adapted_params)
+    return ScoredTask(query_loss, query_output, support_losses, adapted_params)
+
+
+batched_task_loss = renamed_function(batched_adapt_and_score, "batched_task_loss")

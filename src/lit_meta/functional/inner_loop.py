@@ -1,4 +1,4 @@
-"""The inner loop of gradient-based meta-learning: SGD steps on a parameter dictionary.
+"""The inner loop of gradient-based meta-learning: steps of an inner optimiser on a parameter dictionary.
 
 ``adapt`` is a pure function of ``(loss_fn, params) -> params``: it never
 touches a module, so the adapted parameters are a differentiable function of
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_map_only
 
 from lit_meta.errors import NonFiniteLossError
-
-StepSize = float | Tensor | Mapping[str, Tensor]
-"""A scalar, or one tensor per adapted parameter broadcastable to it (Meta-SGD, per-layer rates)."""
+from lit_meta.functional.deprecation import renamed_keyword
+from lit_meta.functional.optimizers import InnerOptimizer, StepSize, apply_updates, sgd
 
 LossFn = Callable[[dict[str, Tensor]], Tensor]
 """The support loss of one task as a function of the parameter dictionary."""
@@ -40,76 +40,67 @@ class AdaptResult:
     support_losses: Tensor
 
 
-def sgd_step(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], step_size: StepSize) -> dict[str, Tensor]:
-    """``params[name] - step_size * grads[name]`` for every name in ``grads``; other parameters pass through.
-
-    Args:
-        params: the current parameters.
-        grads: gradients of the parameters to update.
-        step_size: a scalar, or a mapping with one tensor per updated parameter,
-            shaped like it (Meta-SGD: a learned size and direction per weight) or
-            broadcastable to it (a learned rate per layer).
-
-    Raises:
-        KeyError: a per-parameter ``step_size`` lacks an updated parameter.
-    """
-    if isinstance(step_size, Mapping):
-        missing = [name for name in grads if name not in step_size]
-        if missing:
-            raise KeyError(f"per-parameter step sizes are missing for {missing}")
-        return {name: p - step_size[name] * grads[name] if name in grads else p for name, p in params.items()}
-    return {name: p - step_size * grads[name] if name in grads else p for name, p in params.items()}
-
-
+@renamed_keyword("adapt", "inner_params")
 def adapt(
     loss_fn: LossFn,
     params: Mapping[str, Tensor],
     *,
     steps: int,
-    step_size: StepSize | Sequence[StepSize],
+    step_size: StepSize | Sequence[StepSize] | None = None,
+    optimizer: InnerOptimizer | None = None,
     first_order: bool = False,
-    adapt: Collection[str] | None = None,
+    inner_params: Collection[str] | None = None,
     check_finite: bool = True,
 ) -> AdaptResult:
-    """Take ``steps`` gradient steps on ``loss_fn`` from ``params``.
+    """Take ``steps`` steps of an inner optimiser on ``loss_fn`` from ``params``.
 
     Second order (MAML, Finn et al., 2017) keeps the graph of each inner
     gradient, so the outer gradient flows through it. First order (FOMAML)
     treats the inner gradients as constants: ``theta' = theta - alpha * g``
     with ``g`` detached, so ``d theta' / d theta = I``, while a learnable
-    ``alpha`` still gets its gradient through ``alpha * g``.
+    ``alpha`` (any tensor hyperparameter of the optimiser) still gets its
+    gradient through the update.
 
     When nothing needs an outer gradient (grad mode off, or neither the
-    parameters nor the step sizes require grad, as in evaluation) the inner
-    gradients are still taken, under ``torch.enable_grad``, from detached
-    views, and the adapted parameters come back detached.
+    parameters nor the optimiser's hyperparameters require grad, as in
+    evaluation) the inner gradients are still taken, under ``torch.enable_grad``,
+    from detached views; parameters and optimiser state are detached after
+    every step, so memory stays that of one step, and the adapted parameters
+    come back detached.
 
     Args:
         loss_fn: the support loss as a function of the full parameter dictionary.
         params: the parameters to start from (usually the backbone's own).
         steps: number of inner steps.
-        step_size: a scalar; a per-parameter mapping (Meta-SGD, Li et al., 2017);
-            or a sequence of ``steps`` of either, one per step (MAML++'s
-            per-layer per-step rates, Antoniou et al., 2019).
+        step_size: shorthand for ``optimizer=sgd(step_size)``
+            (:func:`~lit_meta.functional.optimizers.sgd`): a scalar; a
+            per-parameter mapping (Meta-SGD, Li et al., 2017); or a sequence of
+            ``steps`` of either, one per step (MAML++'s per-layer per-step
+            rates, Antoniou et al., 2019).
+        optimizer: the inner optimiser, e.g.
+            :func:`~lit_meta.functional.optimizers.adam`; give exactly one of
+            ``step_size`` and ``optimizer``.
         first_order: drop the second-order terms.
-        adapt: names of the parameters to update (ANIL: the head's); the others
-            are used as they are, still differentiable for the outer loop.
-            ``None`` updates every parameter.
+        inner_params: names of the parameters to update (ANIL: the head's); the
+            others are used as they are, still differentiable for the outer
+            loop. ``None`` updates every parameter. Formerly ``adapt=``, which
+            still works for one release with a ``DeprecationWarning``.
         check_finite: raise :class:`~lit_meta.errors.NonFiniteLossError` if a
             support loss is NaN or infinite. One host synchronisation after the
             loop; pass ``False`` and call :func:`check_finite_losses` on the
             stacked losses of many tasks to synchronise once for all of them.
 
     Raises:
-        ValueError: a name in ``adapt`` is not in ``params``, or ``steps`` and
-            the number of per-step step sizes differ.
+        ValueError: both or neither of ``step_size`` and ``optimizer``; a name in
+            ``inner_params`` is not in ``params``; or ``steps`` and the number
+            of per-step step sizes differ.
         RuntimeError: called under ``torch.inference_mode``.
         NonFiniteLossError: see ``check_finite``.
     """
-    names = adapted_names(params, adapt)
-    step_sizes = per_step_sizes(step_size, steps)
+    names = adapted_names(params, inner_params)
+    optimizer = inner_optimizer(steps, step_size, optimizer)
     outer = torch.is_grad_enabled() and (
-        any(p.requires_grad for p in params.values()) or any(_requires_grad(s) for s in step_sizes)
+        any(p.requires_grad for p in params.values()) or any(t.requires_grad for t in optimizer.hyperparameters)
     )
     with torch.enable_grad():
         if outer:
@@ -121,7 +112,8 @@ def adapt(
             loss_fn,
             start,
             names,
-            step_sizes,
+            optimizer,
+            steps=steps,
             differentiate=autograd_gradients,
             create_graph=outer and not first_order,
             detach_each_step=not outer,
@@ -133,20 +125,40 @@ def adapt(
     return result
 
 
+def inner_optimizer(
+    steps: int, step_size: StepSize | Sequence[StepSize] | None, optimizer: InnerOptimizer | None
+) -> InnerOptimizer:
+    """``optimizer``, or :func:`~lit_meta.functional.optimizers.sgd` of ``step_size``, whose per-step
+    sizes must number ``steps``; exactly one of the two must be given."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if (step_size is None) == (optimizer is None):
+        given = "neither" if step_size is None else "both"
+        raise ValueError(
+            f"give exactly one of step_size= (plain SGD) and optimizer= (an InnerOptimizer, e.g. adam()), got {given}"
+        )
+    if optimizer is not None:
+        return optimizer
+    if isinstance(step_size, Sequence) and len(step_size) != steps:
+        raise ValueError(f"got {len(step_size)} per-step step sizes for {steps} inner steps; give one per step")
+    return sgd(step_size)
+
+
 def inner_loop(
     loss_fn: LossFn,
     params: dict[str, Tensor],
     names: Sequence[str],
-    step_sizes: Sequence[StepSize],
+    optimizer: InnerOptimizer,
     *,
+    steps: int,
     differentiate: Differentiate,
     create_graph: bool,
     detach_each_step: bool = False,
 ) -> AdaptResult:
     """The loop shared by :func:`adapt` and the batched path, which differ only in how they differentiate.
 
-    ``detach_each_step`` cuts the graph between steps (no outer gradient wanted),
-    so memory stays that of one step.
+    ``detach_each_step`` cuts the graph of the parameters and of the optimiser
+    state between steps (no outer gradient wanted), so memory stays that of one step.
 
     Raises:
         RuntimeError: called under ``torch.inference_mode``, which disables autograd.
@@ -157,13 +169,17 @@ def inner_loop(
             "under it): adapt inside `with torch.inference_mode(False):` and clone the tensors made in inference "
             "mode (the batch) there first"
         )
+    state = optimizer.init({n: params[n] for n in names})
     losses = []
-    for step_size in step_sizes:
+    for _ in range(steps):
         grads, loss = differentiate(loss_fn, params, names, create_graph)
         losses.append(loss.detach())
-        params = sgd_step(params, grads, step_size)
+        updates, state = optimizer.update(grads, state, {n: params[n] for n in names})
+        params = apply_updates(params, updates)
         if detach_each_step:
-            params = {n: _leaf(p) if n in grads else p for n, p in params.items()}
+            params = {n: _leaf(p) if n in updates else p for n, p in params.items()}
+            # the state is a pytree, flattened with the utilities torch.func uses for its arguments
+            state = tree_map_only(Tensor, Tensor.detach, state)
     return AdaptResult(params, torch.stack(losses) if losses else torch.zeros(0, device=_device(params)))
 
 
@@ -178,29 +194,14 @@ def autograd_gradients(
     return dict(zip(names, grads, strict=True)), loss
 
 
-def adapted_names(params: Mapping[str, Tensor], adapt: Collection[str] | None) -> list[str]:
+def adapted_names(params: Mapping[str, Tensor], inner_params: Collection[str] | None) -> list[str]:
     """The names to update, in the order of ``params``; checks that each one exists."""
-    if adapt is None:
+    if inner_params is None:
         return list(params)
-    unknown = sorted(set(adapt) - set(params))
+    unknown = sorted(set(inner_params) - set(params))
     if unknown:
         raise ValueError(f"cannot adapt {unknown}: no such parameters; the parameters are {list(params)}")
-    return [n for n in params if n in adapt]
-
-
-def per_step_sizes(step_size: StepSize | Sequence[StepSize], steps: int) -> list[StepSize]:
-    """One step size per inner step: ``step_size`` repeated, or the given per-step sequence."""
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    if isinstance(step_size, (float, int, Tensor, Mapping)):
-        return [step_size] * steps
-    sizes = list(step_size)
-    if len(sizes) != steps:
-        raise ValueError(f"got {len(sizes)} per-step step sizes for {steps} inner steps; give one per step")
-    for size in sizes:
-        if not isinstance(size, (float, int, Tensor, Mapping)):
-            raise TypeError(f"a step size must be a float, a tensor or a mapping of tensors, got {type(size).__name__}")
-    return sizes
+    return [n for n in params if n in inner_params]
 
 
 def _leaf(p: Tensor) -> Tensor:
@@ -209,12 +210,6 @@ def _leaf(p: Tensor) -> Tensor:
 
 def _device(params: Mapping[str, Tensor]) -> torch.device | None:
     return next(iter(params.values())).device if params else None
-
-
-def _requires_grad(step_size: StepSize) -> bool:
-    if isinstance(step_size, Mapping):
-        return any(isinstance(s, Tensor) and s.requires_grad for s in step_size.values())
-    return isinstance(step_size, Tensor) and step_size.requires_grad
 
 
 def check_finite_losses(support_losses: Tensor) -> None:

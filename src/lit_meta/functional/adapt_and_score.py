@@ -1,8 +1,12 @@
 """One task of a meta-batch: adapt on the support set, then score the query set.
 
 This per-task function is the reference path of every gradient-based learner;
-:func:`lit_meta.functional.batched.batched_task_loss` computes the same for all
-tasks at once and is tested against it.
+:func:`lit_meta.functional.batched.batched_adapt_and_score` computes the same for
+all tasks at once and is tested against it.
+
+It was called ``task_loss`` (returning ``TaskLoss``); it was renamed because
+``MetaLearner.task_loss`` is the per-task criterion ``(outputs, targets) -> loss``,
+and one name should have one meaning. The old names work for one release.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from lit_meta.functional.compiled import QueryForward, query_forward
-from lit_meta.functional.inner_loop import StepSize, adapt
+from lit_meta.functional.deprecation import renamed_function, renamed_keyword
+from lit_meta.functional.inner_loop import adapt
+from lit_meta.functional.optimizers import InnerOptimizer, StepSize
 from lit_meta.functional.params import functional_forward
 
 Criterion = Callable[[Tensor, Tensor], Tensor]
@@ -21,7 +27,7 @@ Criterion = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
-class TaskLoss:
+class ScoredTask:
     """The outcome of adapting to a task and scoring its query set.
 
     On the batched path every field has a leading task dimension.
@@ -40,7 +46,8 @@ class TaskLoss:
     params: dict[str, Tensor]
 
 
-def task_loss(
+@renamed_keyword("adapt_names", "inner_params")
+def adapt_and_score(
     module: nn.Module,
     params: Mapping[str, Tensor],
     buffers: Mapping[str, Tensor | None],
@@ -51,12 +58,13 @@ def task_loss(
     query_y: Tensor,
     *,
     steps: int,
-    step_size: StepSize | Sequence[StepSize],
+    step_size: StepSize | Sequence[StepSize] | None = None,
+    optimizer: InnerOptimizer | None = None,
     first_order: bool = False,
-    adapt_names: Collection[str] | None = None,
+    inner_params: Collection[str] | None = None,
     check_finite: bool = True,
     query_pass: QueryForward | None = None,
-) -> TaskLoss:
+) -> ScoredTask:
     """Adapt ``params`` on one task's support set with :func:`~lit_meta.functional.inner_loop.adapt`,
     then run the query set through ``module`` with the adapted parameters.
 
@@ -71,8 +79,10 @@ def task_loss(
         query_y: ``[ways * queries]``.
         steps: see :func:`~lit_meta.functional.inner_loop.adapt`.
         step_size: see :func:`~lit_meta.functional.inner_loop.adapt`.
+        optimizer: see :func:`~lit_meta.functional.inner_loop.adapt`; give it or ``step_size``.
         first_order: see :func:`~lit_meta.functional.inner_loop.adapt`.
-        adapt_names: the ``adapt`` argument of :func:`~lit_meta.functional.inner_loop.adapt`.
+        inner_params: see :func:`~lit_meta.functional.inner_loop.adapt`. Formerly
+            ``adapt_names=``, which still works for one release with a ``DeprecationWarning``.
         check_finite: see :func:`~lit_meta.functional.inner_loop.adapt`.
         query_pass: runs the query set instead of ``criterion(module(...))``, e.g. the
             compiled :func:`~lit_meta.functional.compiled.query_forward` of the same module
@@ -87,10 +97,16 @@ def task_loss(
         params,
         steps=steps,
         step_size=step_size,
+        optimizer=optimizer,
         first_order=first_order,
-        adapt=adapt_names,
+        inner_params=inner_params,
         check_finite=check_finite,
     )
     query_pass = query_pass or query_forward(module, criterion)
     output, loss = query_pass(adapted.params, buffers, query_x, query_y)
-    return TaskLoss(loss, output, adapted.support_losses, adapted.params)
+    return ScoredTask(loss, output, adapted.support_losses, adapted.params)
+
+
+task_loss = renamed_function(adapt_and_score, "task_loss")
+TaskLoss = ScoredTask
+"""Deprecated name of :class:`ScoredTask`."""
