@@ -9,9 +9,10 @@ compared across implementations.
 learn2learn runs in a separate "peer" environment (it does not build on Python 3.11
 from PyPI; ``benchmarks/peer_env.sh`` builds it): pass its interpreter with
 ``--peer-python`` or ``$LIT_META_PEER_PYTHON``. Without it only lit-meta is timed.
-lit-meta runs as a Trainer runs it by default (``retain_cpu_memory=True``: glibc malloc
-keeps freed memory for the next task, :mod:`lit_meta.glibc_malloc`); ``--no-retain``
-leaves malloc as it is. ``--allocator`` sets every configuration's process alike:
+lit-meta runs as ``lit-meta fit`` runs it by default (the command line owns its process,
+so glibc malloc keeps freed memory for the next task: ``retain_cpu_memory=True`` here,
+:mod:`lit_meta.glibc_malloc`); ``--no-retain`` leaves malloc as it is, as a learner
+used from Python does by default. ``--allocator`` sets every configuration's process alike:
 ``default`` (the system's malloc as it is, so learn2learn runs with glibc's defaults),
 ``glibc-retain`` (glibc with the thresholds lit-meta sets, for learn2learn too: like
 with like), ``glibc-retain-no-tcache`` (the same without glibc's per-thread cache, a
@@ -125,7 +126,7 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
         )
         return run_trainer(learner, batch, workdir, config, steps, warmup)
     learner = MAML(net, inner_lr=inner_lr, first_order=config["first_order"], execution=config["execution"])
-    if config["retain"]:  # what RetainFreedCPUMemory, which MAML adds to a Trainer, does when it starts
+    if config["retain"]:  # what RetainFreedCPUMemory, which lit-meta fit adds to its Trainer, does when it starts
         from lit_meta.glibc_malloc import retain_freed_memory
 
         retain_freed_memory()
@@ -160,8 +161,8 @@ def run_lit_meta(config: dict, workdir: Path, steps: int, warmup: int, inner_lr:
 
 
 def run_trainer(learner, batch, workdir: Path, config: dict, steps: int, warmup: int) -> dict:
-    """The step as ``Trainer.fit`` runs it with every default of ``MAML`` (``execution="auto"``,
-    which times its paths on the first batch, and ``retain_cpu_memory=True``), in a run
+    """The step as ``lit-meta fit`` runs it: every default of ``MAML`` (``execution="auto"``, which
+    times its paths on the first batch) and the command line's ``retain_cpu_memory=True``, in a run
     planned at the paper's 60,000 steps and stopped after ``warmup + steps``."""
     import lightning as L
     import torch

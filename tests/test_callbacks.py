@@ -1,4 +1,5 @@
-"""RetainFreedCPUMemory: every learner keeps freed CPU memory while a Trainer runs it, unless told not to."""
+"""RetainFreedCPUMemory: the lit-meta command line keeps freed CPU memory while its Trainer runs; a learner
+used from Python leaves malloc alone unless asked (retain_cpu_memory=True)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from lit_meta import glibc_malloc
 from lit_meta.callbacks import RetainFreedCPUMemory
+from lit_meta.cli import main
 from lit_meta.learners import MAML, ProtoNet
 
 from .learners.test_gradient_learners import datamodule, small_net, trainer
@@ -30,8 +32,10 @@ class RecordWhileTraining(L.Callback):
 
 
 @pytest.mark.parametrize("learner_cls", [MAML, ProtoNet])
-def test_learners_retain_freed_memory_for_each_trainer_stage_and_release_it_after(learner_cls, malloc_calls):
-    learner = learner_cls(small_net())
+def test_learners_asked_to_retain_freed_memory_do_so_for_each_trainer_stage_and_release_it_after(
+    learner_cls, malloc_calls
+):
+    learner = learner_cls(small_net(), retain_cpu_memory=True)
     t = trainer(fast_dev_run=1, callbacks=[RecordWhileTraining(malloc_calls)])
     t.fit(learner, datamodule())
     assert any(isinstance(c, RetainFreedCPUMemory) for c in t.callbacks)
@@ -40,10 +44,34 @@ def test_learners_retain_freed_memory_for_each_trainer_stage_and_release_it_afte
     assert malloc_calls[3:] == ["retain", "release"]
 
 
-def test_retain_cpu_memory_false_leaves_malloc_alone(malloc_calls):
-    learner = MAML(small_net(), retain_cpu_memory=False)
-    t = trainer(fast_dev_run=1)
+@pytest.mark.parametrize("retain_cpu_memory", [None, False])
+def test_a_learner_used_from_python_leaves_malloc_alone_by_default(retain_cpu_memory, malloc_calls, monkeypatch):
+    trims: list[str] = []
+    monkeypatch.setattr(glibc_malloc, "return_free_pages", lambda: trims.append("trim") or True)
+    learner = MAML(small_net(), retain_cpu_memory=retain_cpu_memory, execution="auto")  # auto's trials too
+    t = trainer(max_steps=1, limit_val_batches=0)
     t.fit(learner, datamodule())
     assert not any(isinstance(c, RetainFreedCPUMemory) for c in t.callbacks)
-    assert malloc_calls == []
-    assert learner.hparams.retain_cpu_memory is False
+    assert malloc_calls == [] and trims == []
+    assert learner.hparams.retain_cpu_memory is retain_cpu_memory
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), [([], ["retain", "release"]), (["--model.init_args.retain_cpu_memory=false"], [])]
+)
+def test_the_command_line_owns_its_process_and_retains_unless_the_learner_says_no(
+    setting, expected, malloc_calls, tmp_path
+):
+    args = [
+        "fit",
+        "--model=lit_meta.MAML",
+        "--model.init_args.execution=loop",
+        "--model.init_args.backbone=lit_meta.backbones.SinusoidMLP",
+        "--data.dataset=sinusoid",
+        "--trainer.fast_dev_run=1",
+        "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        *setting,
+    ]
+    main(args)
+    assert malloc_calls == expected

@@ -1,19 +1,38 @@
-"""lit-meta: meta-learning and few-shot learning for PyTorch Lightning."""
+"""lit-meta: meta-learning and few-shot learning for PyTorch Lightning.
 
-from lit_meta.data import (
-    Episode,
-    EpisodeBatch,
-    EpisodeDataset,
-    EpisodePlan,
-    EpisodeSampler,
-    EpisodeShape,
-    EpisodicDataModule,
-    collate_episodes,
-)
-from lit_meta.data.datasets import DATASETS, MetaDataset, build_dataset
-from lit_meta.learners import ANIL, MAML, MatchingNet, MetaLearner, MetaSGD, ProtoNet, RelationNet, Reptile, SiameseNet
+The public names are imported on first use, so ``import lit_meta.functional`` (the
+inner-loop maths) or ``lit_meta.backbones`` does not import Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0.dev0"
+
+_PUBLIC = {
+    "Episode": "lit_meta.data",
+    "EpisodeBatch": "lit_meta.data",
+    "EpisodeDataset": "lit_meta.data",
+    "EpisodePlan": "lit_meta.data",
+    "EpisodeSampler": "lit_meta.data",
+    "EpisodeShape": "lit_meta.data",
+    "EpisodicDataModule": "lit_meta.data",
+    "collate_episodes": "lit_meta.data",
+    "DATASETS": "lit_meta.data.datasets",
+    "MetaDataset": "lit_meta.data.datasets",
+    "build_dataset": "lit_meta.data.datasets",
+    "ANIL": "lit_meta.learners",
+    "MAML": "lit_meta.learners",
+    "MatchingNet": "lit_meta.learners",
+    "MetaLearner": "lit_meta.learners",
+    "MetaSGD": "lit_meta.learners",
+    "ProtoNet": "lit_meta.learners",
+    "RelationNet": "lit_meta.learners",
+    "Reptile": "lit_meta.learners",
+    "SiameseNet": "lit_meta.learners",
+}
 
 __all__ = [
     "ANIL",
@@ -38,3 +57,40 @@ __all__ = [
     "build_dataset",
     "collate_episodes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'lit_meta' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC})
+
+
+if TYPE_CHECKING:
+    from lit_meta.data import (
+        Episode,
+        EpisodeBatch,
+        EpisodeDataset,
+        EpisodePlan,
+        EpisodeSampler,
+        EpisodeShape,
+        EpisodicDataModule,
+        collate_episodes,
+    )
+    from lit_meta.data.datasets import DATASETS, MetaDataset, build_dataset
+    from lit_meta.learners import (
+        ANIL,
+        MAML,
+        MatchingNet,
+        MetaLearner,
+        MetaSGD,
+        ProtoNet,
+        RelationNet,
+        Reptile,
+        SiameseNet,
+    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import inspect
 import sys
 import warnings
 from collections import Counter
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from lit_meta.data.datasets import MetaDataset, build_dataset
 from lit_meta.data.datasets.image_folder import class_folders, image_files
@@ -197,7 +195,8 @@ def adapt_to_folder(
         support_dir: ``support_dir/<class name>/<image files>``, at least two classes.
         preprocessing: how the learner's training images were decoded.
         steps: gradient steps of the adaptation, for learners that take them
-            (MAML, ANIL, MetaSGD, Reptile); default: the learner's ``eval_inner_steps``.
+            (:meth:`~lit_meta.learners.base.MetaLearner.adaptation_steps` is not ``None``);
+            default: the learner's own.
 
     Raises:
         DatasetError: a bad support folder or an unreadable image, naming it.
@@ -231,24 +230,17 @@ def adapt_to_folder(
 
 
 def _check_classifier(learner: MetaLearner, ways: int, support_dir: Path) -> None:
-    """Learners that fine-tune their network read the class scores from its last ``nn.Linear``."""
-    if not learner.adapts_with_gradients:
-        return
-    heads = [module for module in learner.backbone.modules() if isinstance(module, nn.Linear)]
-    if not heads:
-        return
-    outputs = heads[-1].out_features
-    if outputs == 1:
+    """The learner's head check (:meth:`~lit_meta.learners.base.MetaLearner.check_ways`) for the new task."""
+    if learner.head_size() == 1:
         raise LitMetaError(
             f"the {type(learner).__name__} in this checkpoint has a single output, a regression model "
             "(e.g. sinusoid); lit-meta adapt labels images and needs a learner trained on image classification"
         )
-    if outputs != ways:
-        raise LitMetaError(
-            f"the {type(learner).__name__} in this checkpoint labels exactly {outputs} classes (the outputs of its "
-            f"network's last layer) but support folder {support_dir} holds {ways} class folders; give it {outputs} "
-            "class folders, or train a learner for tasks of this many classes"
-        )
+    learner.check_ways(
+        ways,
+        f"support folder {support_dir} holds {ways} class folders",
+        fix=f"give it {learner.head_size()} class folders, or train a learner for tasks of this many classes",
+    )
 
 
 def _adapt_options(learner: MetaLearner, steps: int | None) -> dict[str, int]:
@@ -256,10 +248,10 @@ def _adapt_options(learner: MetaLearner, steps: int | None) -> dict[str, int]:
         return {}
     if steps < 1:
         raise LitMetaError(f"steps={steps}: adaptation takes at least 1 step")
-    if "steps" not in inspect.signature(learner.adapt).parameters:
+    if learner.adaptation_steps() is None:
         raise LitMetaError(
             f"{type(learner).__name__} adapts without gradient steps, so steps={steps} does not apply; leave it "
-            "out (it is for MAML, ANIL, MetaSGD and Reptile)"
+            "out (it is for learners that fine-tune, such as MAML and Reptile)"
         )
     return {"steps": steps}
 

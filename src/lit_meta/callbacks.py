@@ -51,14 +51,17 @@ class RetainFreedCPUMemory(L.Callback):
     """Keeps freed memory in the process while the Trainer runs on CPU under glibc malloc.
 
     Episodic training allocates and frees each task's activations in turn; glibc's
-    defaults return them to the kernel and fault them back in for the next task
-    (about 280,000 page faults per second-order MAML step on Omniglot, which
-    make it 1.3-1.6x slower: :mod:`lit_meta.glibc_malloc`). For each Trainer stage on a CPU
+    defaults return them to the kernel and fault them back in for the next task,
+    hundreds of thousands of page faults per second-order MAML step on Omniglot
+    (:mod:`lit_meta.glibc_malloc`; measured in ``benchmarks/RESULTS.md``). For each Trainer stage on a CPU
     device this callback calls :func:`~lit_meta.glibc_malloc.retain_freed_memory`,
     and :func:`~lit_meta.glibc_malloc.release_freed_memory` when the stage ends.
-    Peak memory stays that of the largest live set. Learners add it themselves
-    (``retain_cpu_memory=True``, the default); it does nothing on GPUs or when
-    malloc is not glibc's (for example jemalloc preloaded).
+    Peak memory stays that of the largest live set. The ``lit-meta`` command line adds
+    it (unless the learner says ``retain_cpu_memory=False``), a learner used from Python
+    only with ``retain_cpu_memory=True``: it changes a process-wide allocator setting
+    (see :mod:`lit_meta.glibc_malloc` for what ``teardown`` restores and what it
+    cannot). It does nothing on GPUs or when malloc is not glibc's (for example
+    jemalloc preloaded).
     """
 
     def __init__(self) -> None:
@@ -71,7 +74,7 @@ class RetainFreedCPUMemory(L.Callback):
         if self.retaining:
             rank_zero_info(
                 "lit-meta: glibc malloc keeps freed memory for reuse while the Trainer runs "
-                "(retain_cpu_memory=True; fewer page faults per task)"
+                "(retain_cpu_memory; fewer page faults per task)"
             )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

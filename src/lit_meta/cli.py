@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 import os
 import re
 import sys
@@ -28,11 +27,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_meta import __version__, learners
-from lit_meta.callbacks import EpisodeImageLogger, StepSizeMonitor
+from lit_meta import __version__
+from lit_meta.callbacks import EpisodeImageLogger, RetainFreedCPUMemory, StepSizeMonitor
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.datasets import DATASETS
-from lit_meta.learners.base import MetaLearner
+from lit_meta.learners.base import MetaLearner, init_arguments
+from lit_meta.learners.registry import registered_learners
 from lit_meta.metrics import format_mean_ci
 
 DEFAULT_SEED = 0
@@ -40,14 +40,8 @@ DEFAULT_SEED = 0
 
 
 def available_learners() -> list[str]:
-    """The concrete learners exported by :mod:`lit_meta.learners`."""
-    return sorted(
-        name
-        for name in learners.__all__
-        if isinstance(cls := getattr(learners, name), type)
-        and issubclass(cls, learners.MetaLearner)
-        and cls is not learners.MetaLearner
-    )
+    """The registered learners (:mod:`lit_meta.learners.registry`) by class name, for ``--help``."""
+    return sorted({cls.__name__ for cls in registered_learners().values()})
 
 
 def _description() -> str:
@@ -80,7 +74,13 @@ class MetaLearningCLI(LightningCLI):
       learning rates and learned inner step sizes) and
       :class:`~lit_meta.callbacks.EpisodeImageLogger` (support/query grids);
     * ``test_after_fit: true`` tests the best checkpoint after ``fit``;
-    * ``test`` ends with one line: accuracy (or MSE) with its 95% CI.
+    * ``test`` ends with one line: accuracy (or MSE) with its 95% CI;
+    * the command line owns its process, so unless the learner says
+      ``retain_cpu_memory=False`` it keeps freed CPU memory for reuse while the
+      Trainer runs (:class:`~lit_meta.callbacks.RetainFreedCPUMemory`).
+
+    Every registered learner (including those of the ``lit_meta.learners`` entry
+    points) is imported before the arguments are parsed, so ``--model Name`` finds it.
     """
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
@@ -96,6 +96,7 @@ class MetaLearningCLI(LightningCLI):
             **kwargs.pop("trainer_defaults", {}),
         }
         kwargs.setdefault("parser_class", _ArgumentParser)
+        registered_learners()
         kwargs.setdefault("save_config_callback", _SaveConfigInRunDir)
         super().__init__(
             MetaLearner,
@@ -116,6 +117,12 @@ class MetaLearningCLI(LightningCLI):
             default=False,
             help="After fit, test the best checkpoint (or the final weights) on the meta-test split.",
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.model.hparams.get("retain_cpu_memory") is None:
+            trainer.callbacks.append(RetainFreedCPUMemory())
+        return trainer
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):
@@ -203,20 +210,6 @@ def _valid_keys_hint(parser: LightningArgumentParser, message: str) -> str:
     close = difflib.get_close_matches(key, valid, n=1)
     suggestion = f" Did you mean '{close[0]}'?" if close else ""
     return f"\n'{key}' is not valid.{suggestion} Valid {where}: {', '.join(valid)}"
-
-
-def init_arguments(cls: type) -> list[str]:
-    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to the base classes."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        parameters = list(inspect.signature(init).parameters.values())[1:]
-        names += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
-            break
-    return sorted(set(names))
 
 
 class _RawHelpFormatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):

@@ -5,16 +5,32 @@ A gradient-based meta-learner on CPU allocates and frees each task's activations
 large blocks back to the kernel: blocks over its ``mmap`` threshold are unmapped on
 ``free``, and free memory at the top of the heap beyond its trim threshold is
 released. The next task then takes every page back through a page fault, and the
-kernel zero-fills it. Measured with ``benchmarks/maml_step.py`` (page faults per
-step): about 280,000 minor faults (~1.1 GB of fresh pages) per second-order MAML
-step with glibc's defaults, and at most a few hundred with the settings below:
-1.3x faster steps on the loop, 1.6x on the compiled path. jemalloc with page decay off behaves like these settings.
+kernel zero-fills it: hundreds of thousands of page faults per second-order MAML
+step with glibc's defaults, a few hundred with the settings below, and faster steps
+(``benchmarks/maml_step.py`` counts them; the figures are in ``benchmarks/RESULTS.md``).
+jemalloc with page decay off behaves like these settings.
 
 :func:`retain_freed_memory` raises both thresholds (``mallopt``) so freed blocks
 stay in the heap for the next task; :func:`release_freed_memory` lowers the trim
 threshold again and returns the free heap to the kernel (``malloc_trim``). Peak
 memory is that of the largest live set, as before: memory is reused, not added.
 Blocks over 32 MB (glibc's largest ``mmap`` threshold) are still mapped per use.
+
+These are process-wide settings, so a library does not make them unasked: the
+``lit-meta`` command line (which owns its process) retains by default, a learner
+used from Python only with ``retain_cpu_memory=True``
+(:class:`~lit_meta.callbacks.RetainFreedCPUMemory`).
+
+What :func:`release_freed_memory` restores, exactly:
+
+* restored: trimming of the heap's top (the trim threshold goes back to 64 MB,
+  the value glibc's own dynamic rule gives once its ``mmap`` threshold has reached
+  32 MB), and the free heap is returned to the kernel at once;
+* not restored: the ``mmap`` threshold stays at 32 MB. Setting it with ``mallopt``
+  switches off glibc's dynamic threshold for the rest of the process, and glibc
+  offers no call to switch it back on. A process whose large allocations had not
+  yet raised glibc's dynamic threshold (it starts at 128 KB) therefore serves
+  blocks between 128 KB and 32 MB from the heap instead of ``mmap`` afterwards.
 
 Nothing happens when the process's ``malloc`` is not glibc's (musl, macOS,
 Windows, or jemalloc/tcmalloc preloaded with ``LD_PRELOAD``).
@@ -73,13 +89,24 @@ def _mallopt(parameter: int, value: int) -> bool:
     return libc is not None and libc.mallopt(parameter, value) == 1
 
 
+_retaining = False
+
+
+def retaining() -> bool:
+    """Whether :func:`retain_freed_memory` is in effect (and :func:`release_freed_memory` not yet called)."""
+    return _retaining
+
+
 def retain_freed_memory() -> bool:
     """Keep freed blocks up to 32 MB in the heap for reuse, and never trim the heap's top.
 
     Returns whether the settings took effect (``False`` when malloc is not glibc's).
-    Process-wide; undo with :func:`release_freed_memory`.
+    Process-wide; undo with :func:`release_freed_memory` (see the module docstring for
+    what it restores).
     """
-    return _mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD) and _mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
+    global _retaining
+    _retaining = _mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD) and _mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
+    return _retaining
 
 
 def return_free_pages() -> bool:
@@ -102,4 +129,6 @@ def release_freed_memory() -> bool:
     settles after large blocks have been freed; the trim threshold goes back to
     twice that, as glibc's dynamic rule sets it. Returns whether it took effect.
     """
+    global _retaining
+    _retaining = False
     return _mallopt(M_TRIM_THRESHOLD, RELEASED_TRIM_THRESHOLD) and return_free_pages()

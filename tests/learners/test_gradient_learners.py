@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_meta.backbones import Conv4
+from lit_meta import glibc_malloc
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.functional import adaptable_parameters, functional_forward, task_buffers
 from lit_meta.learners import ANIL, MAML, MetaSGD, Reptile
-from lit_meta.learners import maml as maml_module
+from lit_meta.learners.execution import TIMED_TRIAL_STEPS
+from lit_meta.learners.gradient import EXECUTION_PATH_KEY, _release_trial_memory
 
 from ..conftest import TinyImages
 
@@ -108,113 +109,67 @@ def test_compiled_path_trains_under_the_trainer_and_the_learner_still_pickles(tm
     )
 
 
-def auto_learner(
-    monkeypatch, timings: dict[str, float], planned_s: float, compile_error: Exception | None = None, **kwargs
-):
-    """A MAML with ``execution="auto"`` whose path timings and planned training time are
-    given; ``learner.tried`` lists the paths it timed."""
-    learner = MAML(small_net(), inner_lr=0.3, **kwargs)
-    learner.tried = []
-
-    def time_path(batch, path):
-        learner.tried.append(path)
-        if path == "compiled" and compile_error is not None:
-            raise compile_error
-        return timings[path]
-
-    monkeypatch.setattr(learner, "_time_path", time_path)
-    monkeypatch.setattr(learner, "_planned_training_seconds", lambda step_seconds: planned_s)
-    return learner
+def test_auto_execution_picks_a_path_once_logs_it_and_keeps_it_in_checkpoints(tmp_path, caplog):
+    """``execution="auto"`` plans on the first training batch, says in the log what it chose and
+    why, and keeps that path for the run and in checkpoints, so a resumed run takes the same one."""
+    learner = MAML(small_net(), inner_lr=0.3, execution="auto")
+    t = trainer(max_steps=2, limit_val_batches=0)
+    with caplog.at_level(logging.INFO):
+        t.fit(learner, datamodule())
+    path = learner._measured_path
+    assert path in ("loop", "vmap")  # two short steps never pay for compiling
+    assert caplog.text.count("MAML: meta-training on the") == 1
+    assert f"MAML: meta-training on the {path} path (measured per step: loop " in caplog.text
+    assert "compiled not tried" in caplog.text
+    t.save_checkpoint(tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)[EXECUTION_PATH_KEY] == path
+    assert MAML.load_from_checkpoint(tmp_path / "last.ckpt")._measured_path == path
 
 
-def test_auto_times_a_path_by_its_fastest_step_after_the_warm_up(monkeypatch):
-    """One step's time varies on a shared machine: a path is timed by its fastest timed step,
-    and the warm-up step (which compiles on the compiled path) never counts."""
-    learner = MAML(small_net(), inner_lr=0.3)
-    step_seconds = iter([1.0, 2.5, 2.0, 2.2])  # warm-up, then the timed steps
-    assert maml_module.TIMED_TRIAL_STEPS == 3
-    clock = {"now": 0.0, "started": False}
-
-    def perf_counter():
-        if clock["started"]:
-            clock["now"] += next(step_seconds)
-        clock["started"] = not clock["started"]
-        return clock["now"]
-
-    monkeypatch.setattr(maml_module.time, "perf_counter", perf_counter)
-    assert learner._time_path(a_batch(), "loop") == 2.0
-
-
-def test_auto_gives_memory_back_after_every_trial_and_the_vmap_estimate(monkeypatch):
-    """Retained freed memory of one trial must not stay resident under the next (it set a
-    Conv4 run's peak): after each path's steps and after the estimate, memory goes back."""
-    learner = MAML(small_net(), inner_lr=0.3, vmap_memory_budget_mb=1e6)
+def test_auto_gives_memory_back_after_the_vmap_estimate_and_every_trial(monkeypatch):
+    """Retained freed memory of one trial must not stay resident under the next (it set a Conv4
+    run's peak): after the one-task estimate and after each path's trial, memory goes back."""
     events = []
-    meta_loss = learner._meta_loss
-    monkeypatch.setattr(learner, "_meta_loss", lambda batch, path: events.append(path) or meta_loss(batch, path))
-    monkeypatch.setattr(maml_module, "return_free_pages", lambda: events.append("give back"))
-    learner._measure_paths(a_batch())
-    steps = 1 + maml_module.TIMED_TRIAL_STEPS
-    assert events == [*["loop"] * steps, "give back", "loop", "give back", *["vmap"] * steps, "give back"]
+
+    class Recording(MAML):
+        def meta_loss_on_path(self, batch, path):
+            events.append((path, len(batch)))
+            return super().meta_loss_on_path(batch, path)
+
+    monkeypatch.setattr(glibc_malloc, "_retaining", True)
+    monkeypatch.setattr(glibc_malloc, "return_free_pages", lambda: events.append("give back"))
+    learner = Recording(small_net(), inner_lr=0.3, vmap_memory_budget_mb=1e6)
+    assert learner.plan_execution(a_batch(tasks=4)) in ("loop", "vmap")
+    steps = 1 + TIMED_TRIAL_STEPS
+    assert events == [
+        ("loop", 1), "give back", *[("loop", 4)] * steps, "give back", *[("vmap", 4)] * steps, "give back",
+    ]  # fmt: skip
 
 
-def test_auto_execution_tries_compiling_only_when_the_run_pays_for_it(monkeypatch, caplog):
-    timings = {"loop": 3.0, "vmap": 9.0, "compiled": 2.0}
-    short = auto_learner(monkeypatch, timings, planned_s=60.0)
-    assert short.execution_path(a_batch()) == "loop"
-    long = auto_learner(monkeypatch, timings, planned_s=3600.0)
-    assert long.execution_path(a_batch()) == "compiled"
-    broken = auto_learner(monkeypatch, timings, planned_s=3600.0, compile_error=RuntimeError("no C++ compiler"))
-    with caplog.at_level(logging.INFO):
-        assert broken.execution_path(a_batch()) == "loop"
-    assert "compiled not available: RuntimeError: no C++ compiler" in caplog.text
-
-
-def test_auto_execution_tries_vmap_only_within_its_memory_budget(monkeypatch, caplog):
-    timings = {"loop": 3.0, "vmap": 1.0, "compiled": 2.0}
-    roomy = auto_learner(monkeypatch, timings, planned_s=60.0)  # small_net's tasks take KBs: within 256 MB
-    assert roomy.execution_path(a_batch()) == "vmap"
-    tight = auto_learner(monkeypatch, timings, planned_s=60.0, vmap_memory_budget_mb=0.001)
-    with caplog.at_level(logging.INFO):
-        assert tight.execution_path(a_batch()) == "loop"
-    assert tight.tried == ["loop"]
-    assert "vmap not tried" in caplog.text and "over the 0 MB budget" in caplog.text
-
-
-@pytest.mark.parametrize("first_order", [True, False])
-def test_vmap_memory_estimate_counts_a_conv4_tasks_activations(first_order):
-    """Omniglot 5-way 1-shot 15-query: the eager pass keeps at least the 64x28x28 conv output
-    and the BatchNorm output of the first block for 75 images (14.4 MB each)."""
-    batch = EpisodeBatch(
-        support_x=torch.rand(2, 5, 1, 28, 28),
-        support_y=torch.arange(5).expand(2, -1),
-        query_x=torch.rand(2, 75, 1, 28, 28),
-        query_y=torch.arange(5).repeat_interleave(15).expand(2, -1),
-        classes=torch.zeros(2, 5, dtype=torch.long),
-    )
-    learner = MAML(Conv4(in_channels=1, out_features=5), first_order=first_order)
-    first_block_output = 75 * 64 * 28 * 28 * 4
-    assert 2 * first_block_output < learner._task_activation_bytes(batch) < 5 * first_block_output
-    assert learner._vmap_memory_budget(torch.device("cpu")) == 256 * 2**20
-
-
-def test_vmap_memory_budget_defaults_to_half_the_free_gpu_memory(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * 2**30, 80 * 2**30))
-    assert MAML(small_net())._vmap_memory_budget(torch.device("cuda", 0)) == 5 * 2**30
-    assert MAML(small_net(), vmap_memory_budget_mb=64)._vmap_memory_budget(torch.device("cuda", 0)) == 64 * 2**20
+@pytest.mark.parametrize("retaining", [False, True])
+def test_trial_memory_goes_back_to_the_kernel_on_cpu_only_while_it_is_retained(monkeypatch, retaining):
+    """``malloc_trim`` is called only while freed memory is being retained; otherwise glibc trims
+    by itself and malloc is left alone."""
+    trims = []
+    monkeypatch.setattr(glibc_malloc, "_retaining", retaining)
+    monkeypatch.setattr(glibc_malloc, "return_free_pages", lambda: trims.append("trim"))
+    _release_trial_memory(torch.device("cpu"))
+    assert trims == (["trim"] if retaining else [])
 
 
 def test_auto_execution_counts_the_steps_the_trainer_still_plans():
+    """Whether compiling pays depends on the training still planned: none outside a Trainer,
+    and during fit the Trainer's planned steps less those taken."""
     learner = MAML(small_net(), inner_lr=0.3, execution="loop")
-    assert learner._planned_training_seconds(1.0) == 0.0  # no Trainer: the run length is unknown
-    planned = []
+    assert learner._remaining_training_steps() == 0  # no Trainer: the run length is unknown
+    remaining = []
 
     class Record(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            planned.append(module._planned_training_seconds(2.0))
+            remaining.append(module._remaining_training_steps())
 
     trainer(max_steps=6, limit_val_batches=0, callbacks=[Record()]).fit(learner, datamodule(train_episodes=4 * 10))
-    assert planned == [12.0, 10.0, 8.0, 6.0, 4.0, 2.0]
+    assert remaining == [6, 5, 4, 3, 2, 1]
 
 
 def test_first_order_meta_gradient_is_the_query_gradient_at_the_adapted_weights():

@@ -7,9 +7,9 @@ through the support steps, whose double backward stays in eager mode (``torch.co
 does not support double backward). Compiling the query pass alone therefore approximates
 nothing, in first or second order, and lets Inductor fuse what eager mode runs as separate
 passes over the activations (BatchNorm with batch statistics, max-pool and ReLU, forward and
-backward). On a 2-core CPU this makes a Conv4 meta-training step 1.15-1.3x faster
-with freed memory kept (``retain_cpu_memory``, the default; 1.06-1.18x with glibc
-malloc as it is; ``benchmarks/maml_step.py``); the first call compiles, which takes seconds to a minute.
+backward), which makes a Conv4 meta-training step faster on a CPU (measured with
+``benchmarks/maml_step.py``, with and without ``retain_cpu_memory``:
+``benchmarks/RESULTS.md``); the first call compiles, which takes seconds to a minute.
 
 Compiled, convolutions with one input channel (an Omniglot network's first) run as sums
 of shifted products (:mod:`lit_meta.functional.shifted_conv`), which Inductor fuses with

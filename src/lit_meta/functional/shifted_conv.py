@@ -1,24 +1,21 @@
 """Convolutions with one input channel, written as sums of shifted products for Inductor.
 
 The first convolution of an Omniglot network sees one input channel, and its output is
-the largest tensor of the network: 75 query images x 64 channels x 28 x 28, 15 MB in
-float32, in Conv4 the input of the BatchNorm that follows. Called as ``F.conv2d`` it is an
-external kernel to ``torch.compile``, so that output is written to memory, kept for
-backward, and its gradient (another 15 MB) is written too. With one input channel a
+the largest tensor of the network (75 query images x 64 channels x 28 x 28 in a 5-way
+15-query episode), in Conv4 the input of the BatchNorm that follows. Called as
+``F.conv2d`` it is an external kernel to ``torch.compile``, so that output is written to
+memory, kept for backward, and its gradient (as large) is written too. With one input channel a
 ``k x k`` convolution is ``k * k`` shifted copies of the image, each scaled per output
 channel, summed: elementwise work that Inductor fuses with the BatchNorm statistics and
 normalisation, recomputing the sum where it is needed instead of storing it.
 
-For a Conv4 query pass on 75 Omniglot images (28x28, 2-core CPU, forward and backward)
-this cuts what the pass saves for backward from 25.5 to 11.2 MB and the memory it holds
-at its peak from 51.6 to 41.1 MB. The forward still writes the sum once (a temporary, not
-kept), and the backward still writes 28x28 gradients (max-pool's, through Inductor's
-scatter, and BatchNorm's), but no longer runs the layer's ``convolution_backward``
-on a stored output. In three interleaved pairs of
-first-order MAML processes on the compiled path the peak memory was 535-538 MB against
-535-564 MB without it, at the same speed within the noise (``benchmarks/maml_step.py``,
-``benchmarks/RESULTS.md``). In eager mode the shifted form is ~1.3x slower than
-``F.conv2d``, so only the compiled query pass uses it (:mod:`lit_meta.functional.compiled`).
+This lowers what a Conv4 query pass saves for backward and its peak memory. The forward
+still writes the sum once (a temporary, not kept), and the backward still writes 28x28
+gradients (max-pool's, through Inductor's scatter, and BatchNorm's), but no longer runs
+the layer's ``convolution_backward`` on a stored output. In eager mode the shifted form
+is slower than ``F.conv2d``, so only the compiled query pass uses it
+(:mod:`lit_meta.functional.compiled`). Measured memory and speed, in a query pass and in
+MAML processes: ``benchmarks/RESULTS.md`` (``benchmarks/maml_step.py``).
 """
 
 from __future__ import annotations

@@ -1,30 +1,54 @@
-"""Meta-learners: LightningModules around a functional backbone."""
+"""Meta-learners: LightningModules around a functional backbone.
+
+- :mod:`~lit_meta.learners.base`: :class:`MetaLearner`, the base of every learner.
+- :mod:`~lit_meta.learners.gradient`: the gradient-based family's base (inner loop,
+  adaptation, per-task meta-gradient, execution paths);
+  :mod:`~lit_meta.learners.execution` chooses an execution path by measurement.
+- :mod:`~lit_meta.learners.metric`: the metric-based family's base (embedding an
+  episode, class one-hots, the classifier over a support summary).
+- one module per algorithm, on its family base.
+- :mod:`~lit_meta.learners.registry`: the learners lit-meta knows (this package,
+  the ``lit_meta.learners`` entry points, imported subclasses).
+"""
 
 from lit_meta.learners.anil import ANIL
-from lit_meta.learners.base import MetaLearner, TaskModel, loss_with_gradients
-from lit_meta.learners.maml import MAML, AdaptedNetwork
+from lit_meta.learners.base import ClassScores, MetaLearner, TaskModel
+from lit_meta.learners.execution import ExecutionPlan, ExecutionPlanner
+from lit_meta.learners.gradient import AdaptedNetwork, GradientMetaLearner, loss_with_gradients
+from lit_meta.learners.maml import MAML
 from lit_meta.learners.matching_net import MatchingNet
 from lit_meta.learners.meta_sgd import MetaSGD
-from lit_meta.learners.protonet import MetricClassifier, ProtoNet, Temperature
+from lit_meta.learners.metric import MetricClassifier, MetricMetaLearner, Temperature
+from lit_meta.learners.protonet import ProtoNet
+from lit_meta.learners.registry import ENTRY_POINT_GROUP, UnknownLearnerError, registered_learners, resolve_learner
 from lit_meta.learners.relation_net import RelationNet, default_relation_module, relation_embedding
 from lit_meta.learners.reptile import Reptile
 from lit_meta.learners.siamese import SiameseNet
 
 __all__ = [
     "ANIL",
+    "ENTRY_POINT_GROUP",
     "MAML",
     "AdaptedNetwork",
+    "ClassScores",
+    "ExecutionPlan",
+    "ExecutionPlanner",
+    "GradientMetaLearner",
     "MatchingNet",
     "MetaLearner",
     "MetaSGD",
     "MetricClassifier",
+    "MetricMetaLearner",
     "ProtoNet",
     "RelationNet",
     "Reptile",
     "SiameseNet",
     "TaskModel",
     "Temperature",
+    "UnknownLearnerError",
     "default_relation_module",
     "loss_with_gradients",
+    "registered_learners",
     "relation_embedding",
+    "resolve_learner",
 ]

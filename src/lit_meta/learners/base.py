@@ -5,15 +5,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import sys
+import io
+import pickle
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.core.mixins.hparams_mixin import HyperparametersMixin, _given_hyperparameters
+from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 
 from lit_meta.backbones.config import build_from_config
@@ -29,26 +32,18 @@ TaskModel = Callable[[Tensor], Tensor]
 
 Stage = Literal["train", "val", "test"]
 LRSchedule = Literal["constant", "cosine", "linear", "step"]
-
-
-def loss_with_gradients(value: Tensor, params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> Tensor:
-    """A scalar equal to ``value`` whose gradient with respect to ``params[i]`` is ``grads[i]``.
-
-    Learners that compute their meta-gradient themselves (a backward per task
-    to bound memory, Reptile's update) return this from ``training_step``. The
-    Trainer's single backward then fills ``.grad`` with exactly ``grads``, so
-    DDP's gradient all-reduce, gradient clipping, accumulation and precision
-    plugins work as with any other loss.
-    """
-    surrogate = sum(
-        ((p * g.detach()).sum() for p, g in zip(params, grads, strict=True) if g is not None),
-        torch.zeros((), device=value.device),
-    )
-    return value.detach() + surrogate - surrogate.detach()
-
+ClassScores = Literal["backbone_head", "learner"]
+"""Where a classifier's class scores come from: the outputs of the backbone's last ``nn.Linear``
+(so its size must equal the ways), or the learner's own computation (any number of ways)."""
 
 CHECKPOINT_LEARNER_KEY = "lit_meta_learner"
 """Checkpoint entry naming the learner's class, so ``MetaLearner.load_from_checkpoint`` finds it."""
+CHECKPOINT_FORMAT_KEY = "lit_meta_format"
+CHECKPOINT_FORMAT = 2
+"""Version of the learner's checkpoint entries; checkpoints without one are of lit-meta 0.1.0.dev0
+before the family bases (format 1) and are upgraded on loading (:meth:`MetaLearner.upgrade_checkpoint`)."""
+CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+"""The only ``_instantiator`` a checkpoint may name: LightningCLI's (``lit-meta fit``)."""
 
 
 class MetaLearner(L.LightningModule, ABC):
@@ -60,6 +55,22 @@ class MetaLearner(L.LightningModule, ABC):
       query loss over its tasks, for most algorithms);
     * :meth:`adapt` - a task model for one new task from its support set.
 
+    and states its traits as class attributes:
+
+    * :attr:`evaluation_needs_autograd` - adaptation takes gradients, so the base
+      leaves Lightning's :func:`torch.inference_mode` around it and a default
+      ``Trainer()`` works;
+    * :attr:`class_scores` - ``"backbone_head"`` when the class scores are the outputs
+      of the backbone's last ``nn.Linear`` (checked against the ways of every split,
+      and by ``lit-meta adapt`` against the classes of a new task: :meth:`check_ways`),
+      ``"learner"`` when the learner computes them for any number of ways;
+    * :meth:`adaptation_steps` - how many gradient steps adaptation takes (``None``
+      for learners that adapt without steps).
+
+    The family bases, :class:`~lit_meta.learners.gradient.GradientMetaLearner` and
+    :class:`~lit_meta.learners.metric.MetricMetaLearner`, set these and implement most
+    of the work; an algorithm is a small subclass of one of them.
+
     Validation and test adapt to each episode's support set and score its query
     set: ``{stage}/loss`` and ``{stage}/acc`` (classification) or ``{stage}/mse``
     (regression) are logged as the mean over episodes, with ``{stage}/acc_ci95``
@@ -67,9 +78,11 @@ class MetaLearner(L.LightningModule, ABC):
     the query labels (or predictions) of every episode. Classification or
     regression is read from the episodes (integer or float targets).
 
-    Lightning evaluates under :func:`torch.inference_mode`. Learners that adapt by
-    gradient descent set ``adapts_with_gradients = True`` and the base leaves
-    inference mode around their adaptation, so a default ``Trainer()`` works.
+    Every ``nn.Module`` constructor argument (the backbone, a relation module, an
+    encoder) is kept in the hyperparameters as a config, its class path and init
+    arguments, when it has one: lit-meta's backbones record theirs, and
+    ``lit-meta`` (LightningCLI) passes the configs it built them from. Such
+    checkpoints load with ``weights_only=True``. Other modules are kept pickled.
 
     Args:
         backbone: any ``nn.Module``; learners call it functionally and never
@@ -85,15 +98,37 @@ class MetaLearner(L.LightningModule, ABC):
             (Prototypical Networks halve it every 2,000 episodes, Snell et al., 2017).
         lr_decay_every: steps between decays of the ``"step"`` schedule.
         lr_decay_factor: factor of each decay of the ``"step"`` schedule.
-        retain_cpu_memory: while a Trainer runs this learner on CPU under glibc
-            malloc, keep freed memory in the process for the next task instead of
-            returning it to the kernel (:class:`~lit_meta.callbacks.RetainFreedCPUMemory`,
-            added by :meth:`configure_callbacks`; 1.3-1.6x faster MAML steps, same
-            peak memory). Process-wide while the Trainer runs; ``False`` leaves
-            malloc as it is.
+        retain_cpu_memory: whether, while a Trainer runs this learner on CPU under
+            glibc malloc, freed memory stays in the process for the next task instead
+            of going back to the kernel (:class:`~lit_meta.callbacks.RetainFreedCPUMemory`;
+            faster gradient-based steps at the same peak memory, ``benchmarks/RESULTS.md``).
+            It changes a process-wide allocator setting, so ``None`` (the default)
+            leaves the choice to the owner of the process: the ``lit-meta`` command
+            line retains, a learner used from Python leaves malloc alone. ``True``
+            retains under any Trainer; ``False`` never.
     """
 
-    adapts_with_gradients: ClassVar[bool] = False
+    family_base: ClassVar[bool] = True
+    """Set in the body of a base class (this one, a family base): not a learner of its own, so
+    not registered, and its ``load_from_checkpoint`` loads whichever learner a checkpoint holds.
+    Subclasses do not inherit it (it is read from the class's own namespace)."""
+    evaluation_needs_autograd: ClassVar[bool] = False
+    """Whether adaptation needs autograd (gradient steps), even under Lightning's inference mode."""
+    class_scores: ClassVar[ClassScores] = "learner"
+    """Where class scores come from: see :data:`ClassScores`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "adapts_with_gradients" in cls.__dict__:
+            warnings.warn(
+                f"{cls.__name__}.adapts_with_gradients is deprecated and will be removed in the next release: "
+                "set evaluation_needs_autograd (and class_scores = 'backbone_head' if the backbone's last "
+                "nn.Linear gives the class scores), or subclass GradientMetaLearner",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            cls.evaluation_needs_autograd = bool(cls.__dict__["adapts_with_gradients"])
+            cls.class_scores = "backbone_head" if cls.evaluation_needs_autograd else "learner"
 
     def __init__(
         self,
@@ -104,7 +139,7 @@ class MetaLearner(L.LightningModule, ABC):
         lr_schedule: LRSchedule = "constant",
         lr_decay_every: int = 2000,
         lr_decay_factor: float = 0.5,
-        retain_cpu_memory: bool = True,
+        retain_cpu_memory: bool | None = None,
     ) -> None:
         super().__init__()
         if lr_decay_every < 1 or not 0.0 < lr_decay_factor <= 1.0:
@@ -112,19 +147,7 @@ class MetaLearner(L.LightningModule, ABC):
                 f"lr_decay_every={lr_decay_every}, lr_decay_factor={lr_decay_factor}: "
                 "decay every >= 1 steps by a factor in (0, 1]"
             )
-        # The backbone is kept in the hyperparameters so that load_from_checkpoint
-        # rebuilds the learner without user code: as its class path and init args
-        # when LightningCLI built it or it records them (lit-meta's backbones), a
-        # plain config that loads with weights_only=True; else as the module
-        # object itself (pickled).
-        given = _given_hyperparameters.get()
-        self.save_hyperparameters(ignore=["backbone"])
-        if given and "backbone" in given:
-            self.hparams["backbone"] = given["backbone"]
-        else:
-            self.hparams["backbone"] = getattr(backbone, "init_config", None) or backbone
-        if isinstance(self.hparams["backbone"], Mapping):  # loggers read the initial snapshot
-            self._hparams_initial["backbone"] = copy.deepcopy(self.hparams["backbone"])
+        self._save_hyperparameters_with_module_configs(inspect.currentframe())
         self.backbone = backbone
         self.metrics = nn.ModuleDict(
             {
@@ -133,34 +156,103 @@ class MetaLearner(L.LightningModule, ABC):
             }
         )
 
+    def _save_hyperparameters_with_module_configs(self, frame: Any) -> None:
+        """``save_hyperparameters()`` of every constructor in the class chain, modules kept as configs.
+
+        LightningCLI passes the configs it built modules from (``_given_hyperparameters``);
+        otherwise a module's ``init_config`` (:class:`~lit_meta.backbones.config.RecordsConfig`)
+        is used, and a module without one is kept as it is (pickled in checkpoints).
+        """
+        given = _given_hyperparameters.get()
+        init_args: dict[str, Any] = {}
+        for local_args in collect_init_args(frame, [], classes=(HyperparametersMixin,)):
+            init_args.update(local_args)
+        modules = {name: value for name, value in init_args.items() if isinstance(value, nn.Module)}
+        self.save_hyperparameters(ignore=list(modules), frame=frame)
+        for name, module in modules.items():
+            config = (given or {}).get(name) or getattr(module, "init_config", None) or module
+            self.hparams[name] = config
+            if isinstance(config, Mapping):  # loggers read the initial snapshot
+                self._hparams_initial[name] = copy.deepcopy(config)
+
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: Any, *args: Any, weights_only: bool | None = False, **kwargs: Any
     ) -> Any:
-        """Lightning's ``load_from_checkpoint``; the backbone comes back from the checkpoint.
+        """Lightning's ``load_from_checkpoint``; sub-networks come back from the checkpoint.
 
-        Called on :class:`MetaLearner` itself, it loads whichever learner the
-        checkpoint holds (``MetaLearner.load_from_checkpoint(path)``); the
-        learner's class must be imported (lit-meta's own always are).
+        Called on :class:`MetaLearner` (or a family base) itself, it loads whichever
+        learner the checkpoint holds (``MetaLearner.load_from_checkpoint(path)``), looked
+        up in the registry (:mod:`lit_meta.learners.registry`); a class outside it is
+        refused, never imported.
 
-        A backbone built by ``lit-meta`` (LightningCLI), or one of lit-meta's
-        backbones, is stored as its class path and arguments. Any other module
-        is stored pickled, which ``torch.load(weights_only=True)`` (torch's default
-        since 2.6) refuses, so this loads with ``weights_only=False``: only load
-        checkpoints you trust, as with any pickle. Pass ``backbone=...`` to
-        rebuild it yourself instead.
+        Modules stored as configs (see the class docstring) are rebuilt from them, so
+        ``weights_only=True`` works. A module stored pickled needs
+        ``weights_only=False`` (the default here): only load checkpoints you trust, as
+        with any pickle, or pass the module yourself (``backbone=...``).
+
+        Raises:
+            UnknownLearnerError: the checkpoint's learner is not registered.
+            ValueError: the checkpoint names an instantiator other than LightningCLI's.
+            pickle.UnpicklingError: ``weights_only=True`` and a module is stored pickled.
         """
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=weights_only)
-        learner = _recorded_learner(checkpoint, cls) if inspect.isabstract(cls) else cls
-        hparams = checkpoint.get("hyper_parameters", {})
-        if "backbone" not in kwargs and "_instantiator" not in hparams and isinstance(hparams.get("backbone"), Mapping):
-            kwargs["backbone"] = build_from_config(hparams["backbone"])
+        from lit_meta.learners.registry import resolve_learner
+
+        try:
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=weights_only)
+        except pickle.UnpicklingError as error:
+            raise pickle.UnpicklingError(
+                f"{checkpoint_path} holds objects that weights_only=True refuses, such as a module stored pickled "
+                "because it had no config (built in Python, not by lit-meta or from lit-meta's backbones): load "
+                f"it with weights_only=False if you trust the file, or pass the module yourself. ({error})"
+            ) from error
+        hparams = checkpoint.setdefault("hyper_parameters", {})
+        learner = cls
+        if not is_learner(cls):
+            path = checkpoint.get(CHECKPOINT_LEARNER_KEY) or hparams.get("_class_path")
+            if not path:
+                raise ValueError(
+                    "the checkpoint does not name its learner; call load_from_checkpoint on the learner's class "
+                    f"(e.g. MAML.load_from_checkpoint) instead of {cls.__name__}"
+                )
+            learner = resolve_learner(path)
+        instantiator = hparams.get("_instantiator")
+        if instantiator is not None and instantiator != CLI_INSTANTIATOR:
+            raise ValueError(
+                f"the checkpoint names the instantiator {instantiator!r}; lit-meta only runs {CLI_INSTANTIATOR!r}"
+            )
+        if instantiator is None:
+            for name, value in hparams.items():
+                if name not in kwargs and isinstance(value, Mapping) and "class_path" in value:
+                    kwargs[name] = build_from_config(value)
+        if checkpoint.get(CHECKPOINT_FORMAT_KEY, 1) < CHECKPOINT_FORMAT:
+            learner.upgrade_checkpoint(checkpoint)
+            checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
+            checkpoint_path = io.BytesIO()
+            torch.save(checkpoint, checkpoint_path)
+            checkpoint_path.seek(0)
         return super(MetaLearner, learner).load_from_checkpoint(
             checkpoint_path, *args, weights_only=weights_only, **kwargs
         )
 
+    @classmethod
+    def upgrade_checkpoint(cls, checkpoint: dict[str, Any]) -> None:
+        """Rewrites, in place, a checkpoint of an older format (:data:`CHECKPOINT_FORMAT`) for this version.
+
+        Format 1 stored ``retain_cpu_memory=True`` by default, when learners changed malloc
+        unasked; it becomes ``None`` (the owner of the process decides). Family bases and
+        learners extend this for their own renamed options.
+
+        Raises:
+            ValueError: an option this version cannot map, with how to load the checkpoint.
+        """
+        hparams = checkpoint["hyper_parameters"]
+        if hparams.get("retain_cpu_memory") is True:
+            hparams["retain_cpu_memory"] = None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_LEARNER_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
 
     # -- hooks for subclasses ----------------------------------------------------------------
     @abstractmethod
@@ -184,6 +276,10 @@ class MetaLearner(L.LightningModule, ABC):
             return F.mse_loss(outputs, targets)
         return F.cross_entropy(outputs, targets)
 
+    def adaptation_steps(self) -> int | None:
+        """Gradient steps :meth:`adapt` takes by default; ``None`` when it adapts without steps."""
+        return None
+
     # -- Lightning steps ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Checks the episodes the datamodule will serve against the backbone, before any step."""
@@ -196,23 +292,37 @@ class MetaLearner(L.LightningModule, ABC):
         self.check_episode_shapes({split: shapes[split] for split in splits if split in shapes})
 
     def check_episode_shapes(self, shapes: Mapping[str, EpisodeShape]) -> None:
-        """Raises :class:`~lit_meta.errors.EpisodeConfigError` for episodes the learner cannot score.
-
-        Learners that fine-tune the backbone read the class scores from its
-        last ``nn.Linear``, so its output size must equal the ways of every split.
-        """
-        if not self.adapts_with_gradients:
-            return
-        heads = [m for m in self.backbone.modules() if isinstance(m, nn.Linear)]
-        if not heads:
-            return
+        """Raises :class:`~lit_meta.errors.EpisodeConfigError` for episodes the learner cannot score."""
         for split, shape in shapes.items():
-            if heads[-1].out_features != shape.ways:
-                raise EpisodeConfigError(
-                    f"the backbone's head (its last nn.Linear) has {heads[-1].out_features} outputs but the "
-                    f"{split} episodes are {shape.ways}-way; set the backbone's output size to {shape.ways} "
-                    f"or the datamodule's ways to {heads[-1].out_features}"
-                )
+            self.check_ways(shape.ways, f"the {split} episodes are {shape.ways}-way")
+
+    def head_size(self) -> int | None:
+        """The number of classes the learner scores, when fixed: the output size of the backbone's last
+        ``nn.Linear`` for ``class_scores = "backbone_head"``; ``None`` when any number of ways works."""
+        if self.class_scores != "backbone_head":
+            return None
+        heads = [m for m in self.backbone.modules() if isinstance(m, nn.Linear)]
+        return heads[-1].out_features if heads else None
+
+    def check_ways(self, ways: int, where: str, fix: str | None = None) -> None:
+        """Raises :class:`~lit_meta.errors.EpisodeConfigError` unless the learner can score ``ways`` classes.
+
+        The one head check: the Trainer's ``setup`` calls it for every split, ``lit-meta adapt``
+        for the classes of a new task.
+
+        Args:
+            ways: the number of classes of the tasks.
+            where: what has that many classes, for the message (``"the train episodes are 5-way"``).
+            fix: how to fix a mismatch; default: change the backbone's output size or the datamodule's ways.
+        """
+        outputs = self.head_size()
+        if outputs is None or outputs == ways:
+            return
+        fix = fix or f"set the backbone's output size to {ways} or the datamodule's ways to {outputs}"
+        raise EpisodeConfigError(
+            f"{type(self).__name__} labels exactly {outputs} classes: the backbone's head (its last nn.Linear) "
+            f"has {outputs} outputs but {where}; {fix}"
+        )
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> Tensor:
         loss = self.meta_loss(batch)
@@ -239,8 +349,8 @@ class MetaLearner(L.LightningModule, ABC):
     # -- evaluation ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def adaptation_context(self) -> Iterator[None]:
-        """Enables autograd for gradient-based adaptation, even inside Lightning's inference mode."""
-        if not self.adapts_with_gradients:
+        """Enables autograd for adaptation that needs it, even inside Lightning's inference mode."""
+        if not self.evaluation_needs_autograd:
             yield
             return
         with torch.inference_mode(False), torch.enable_grad():
@@ -249,7 +359,7 @@ class MetaLearner(L.LightningModule, ABC):
     def _adapted_outputs(self, episode: Episode) -> Tensor:
         with self.adaptation_context():
             support_x, support_y, query_x = episode.support_x, episode.support_y, episode.query_x
-            if self.adapts_with_gradients and torch.is_inference(support_x):
+            if self.evaluation_needs_autograd and torch.is_inference(support_x):
                 # Tensors made under inference mode cannot be saved for backward.
                 support_x, support_y, query_x = support_x.clone(), support_y.clone(), query_x.clone()
             outputs = self.adapt(support_x, support_y)(query_x)
@@ -290,8 +400,11 @@ class MetaLearner(L.LightningModule, ABC):
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_callbacks(self) -> list[L.Callback]:
-        """The callbacks this learner needs: :class:`RetainFreedCPUMemory` unless ``retain_cpu_memory=False``."""
-        return [RetainFreedCPUMemory()] if self.hparams.get("retain_cpu_memory", True) else []
+        """The callbacks this learner needs: :class:`RetainFreedCPUMemory` when ``retain_cpu_memory=True``.
+
+        With ``None`` the ``lit-meta`` command line adds it, as the owner of its process.
+        """
+        return [RetainFreedCPUMemory()] if self.hparams.get("retain_cpu_memory") else []
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -317,26 +430,20 @@ class MetaLearner(L.LightningModule, ABC):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _recorded_learner(checkpoint: dict[str, Any], base: type[MetaLearner]) -> type[MetaLearner]:
-    """The concrete learner class a checkpoint was saved from, among the imported subclasses of ``base``."""
-    path = checkpoint.get(CHECKPOINT_LEARNER_KEY) or checkpoint.get("hyper_parameters", {}).get("_class_path")
-    if not path:
-        raise ValueError(
-            f"the checkpoint does not name its learner; call load_from_checkpoint on the learner's class "
-            f"(e.g. MAML.load_from_checkpoint) instead of {base.__name__}"
-        )
-    known: dict[str, type[MetaLearner]] = {}
-    pending = [base]
-    while pending:
-        cls = pending.pop()
-        known[f"{cls.__module__}.{cls.__qualname__}"] = cls
-        pending.extend(cls.__subclasses__())
-    module, _, name = path.rpartition(".")
-    alias = getattr(sys.modules.get(module), name, None)  # e.g. "lit_meta.MAML" exported by the package
-    learner = known.get(path) or (alias if isinstance(alias, type) and alias in known.values() else None)
-    if learner is None or inspect.isabstract(learner):
-        raise ValueError(
-            f"the checkpoint holds a {path}, which is not an imported subclass of {base.__name__}; "
-            "import the module that defines it first"
-        )
-    return learner
+def is_learner(cls: type) -> bool:
+    """Whether ``cls`` is a learner of its own: a concrete :class:`MetaLearner` that is not a family base."""
+    return issubclass(cls, MetaLearner) and not inspect.isabstract(cls) and not cls.__dict__.get("family_base", False)
+
+
+def init_arguments(cls: type) -> list[str]:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to the base classes."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())[1:]
+        names += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return sorted(set(names))

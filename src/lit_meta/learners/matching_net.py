@@ -8,12 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_meta.data.episode import EpisodeBatch
-from lit_meta.learners.base import MetaLearner
-from lit_meta.learners.protonet import MetricClassifier, Temperature, class_one_hot, embed, embed_episode
+from lit_meta.learners.metric import MetricMetaLearner, Temperature
 
 
-class MatchingNet(MetaLearner):
+class MatchingNet(MetricMetaLearner):
     """Matching Networks (Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra, 2016, NeurIPS, arXiv:1606.04080).
 
     A query attends to the support examples with a softmax over the cosine
@@ -61,8 +59,6 @@ class MatchingNet(MetaLearner):
             ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
 
-    adapts_with_gradients = False
-
     def __init__(
         self,
         backbone: nn.Module,
@@ -89,13 +85,11 @@ class MatchingNet(MetaLearner):
             self.support_lstm = nn.LSTM(dim, dim, batch_first=True, bidirectional=True)
             self.query_lstm = nn.LSTMCell(dim, 2 * dim)
 
-    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        """Query log-probabilities ``[*, queries, ways]`` of one episode, or of a meta-batch."""
-        one_hot = class_one_hot(support_y, support_x.dtype)
-        support, query = embed_episode(self.backbone, support_x, query_x, support_y.dim())
-        return self.classify(query, self.contextual_support(support), one_hot)
+    def summarize_support(self, support: Tensor, one_hot: Tensor) -> dict[str, Tensor]:
+        """``g(x_i, S)`` (:meth:`contextual_support`) and the support labels."""
+        return {"support": self.contextual_support(support), "one_hot": one_hot}
 
-    def classify(self, query: Tensor, support: Tensor, one_hot: Tensor) -> Tensor:
+    def compare(self, query: Tensor, support: Tensor, one_hot: Tensor) -> Tensor:  # type: ignore[override]
         """Log-probabilities ``[*, queries, ways]`` of query embeddings ``f'(x)`` given ``g(S)`` and its labels."""
         return self.log_probs(self.contextual_query(query, support), support, one_hot)
 
@@ -131,15 +125,3 @@ class MatchingNet(MetaLearner):
         # log(one_hot) is 0 for the example's class and -inf elsewhere, so the log-sum-exp runs per class.
         log_one_hot = one_hot.to(log_attention.dtype).log()
         return torch.logsumexp(log_attention.unsqueeze(-1) + log_one_hot.unsqueeze(-3), dim=-2)
-
-    def meta_loss(self, batch: EpisodeBatch) -> Tensor:
-        """Mean negative log-likelihood of the query labels over the tasks of ``batch``."""
-        log_probs = self(batch.support_x, batch.support_y, batch.query_x)
-        return self.task_loss(log_probs.flatten(0, 1), batch.query_y.flatten())
-
-    @torch.no_grad()
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> MetricClassifier:
-        """A task model holding the task's support embeddings ``g(x_i, S)`` and labels; call ``eval()`` first."""
-        one_hot = class_one_hot(support_y, support_x.dtype)
-        support = self.contextual_support(embed(self.backbone, support_x, support_y.dim()))
-        return MetricClassifier(self.backbone, self.classify, support_y.dim(), support=support, one_hot=one_hot)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_meta.data.episode import EpisodeBatch
-from lit_meta.learners.base import MetaLearner
-from lit_meta.learners.protonet import MetricClassifier, class_one_hot, embed, embed_episode
+from lit_meta.learners.metric import MetricMetaLearner
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, padding: int, pool: bool) -> nn.Sequential:
@@ -76,7 +73,7 @@ def default_relation_module(
     )
 
 
-class RelationNet(MetaLearner):
+class RelationNet(MetricMetaLearner):
     """Relation Networks (Sung, Yang, Zhang, Xiang, Torr & Hospedales, 2018, "Learning to Compare", CVPR,
     arXiv:1711.06025).
 
@@ -88,7 +85,7 @@ class RelationNet(MetaLearner):
     mean squared error (the paper's loss), so :meth:`task_loss` is MSE and the
     logged ``val/loss`` and ``test/loss`` are MSEs; accuracy takes the class of
     highest relation score. Adapting to a task computes the class maps once
-    (a :class:`~lit_meta.learners.protonet.MetricClassifier`).
+    (a :class:`~lit_meta.learners.metric.MetricClassifier`).
 
     Backbone contract: ``[N, *item_shape] -> [N, C, H, W]`` feature maps, e.g.
     :func:`relation_embedding` (the paper's) or ``Conv4(...).features[:-1]``.
@@ -118,8 +115,6 @@ class RelationNet(MetaLearner):
             ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
 
-    adapts_with_gradients = False
-
     def __init__(
         self,
         backbone: nn.Module,
@@ -129,22 +124,17 @@ class RelationNet(MetaLearner):
         relation_hidden: int = 8,
         **kwargs: Any,
     ) -> None:
-        with warnings.catch_warnings():
-            # Kept in the hyperparameters on purpose, so checkpoints restore a custom relation module.
-            warnings.filterwarnings("ignore", message=".*'relation_module' is an instance of `nn.Module`")
-            super().__init__(backbone, **kwargs)
+        super().__init__(backbone, **kwargs)
         if relation_module is None:
             channels, height, width = feature_map_shape(backbone, input_shape)
             relation_module = default_relation_module((2 * channels, height, width), relation_channels, relation_hidden)
         self.relation_module = relation_module
 
-    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        """Relation scores ``[*, queries, ways]`` of one episode, or of a meta-batch."""
-        one_hot = class_one_hot(support_y, support_x.dtype)
-        support, query = embed_episode(self.backbone, support_x, query_x, support_y.dim())
-        return self.relation_scores(query, class_maps(support, one_hot))
+    def summarize_support(self, support: Tensor, one_hot: Tensor) -> dict[str, Tensor]:
+        """The class maps ``[*, ways, C, H, W]``: the sum of each class's support feature maps."""
+        return {"class_maps": class_maps(support, one_hot)}
 
-    def relation_scores(self, query: Tensor, class_maps: Tensor) -> Tensor:
+    def compare(self, query: Tensor, class_maps: Tensor) -> Tensor:  # type: ignore[override]
         """``[*, queries, C, H, W]`` query maps and ``[*, ways, C, H, W]`` class maps -> ``[*, queries, ways]``."""
         classes = class_maps.unsqueeze(-5)
         queries = query.unsqueeze(-4)
@@ -163,20 +153,6 @@ class RelationNet(MetaLearner):
         if targets.is_floating_point():
             return super().task_loss(outputs, targets)
         return F.mse_loss(outputs, F.one_hot(targets, outputs.shape[-1]).to(outputs.dtype))
-
-    def meta_loss(self, batch: EpisodeBatch) -> Tensor:
-        """Mean squared error of the query relation scores over the tasks of ``batch``."""
-        scores = self(batch.support_x, batch.support_y, batch.query_x)
-        return self.task_loss(scores.flatten(0, 1), batch.query_y.flatten())
-
-    @torch.no_grad()
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> MetricClassifier:
-        """A task model holding the task's class maps; queries cost one embedding and the relation module
-        on every (query, class) pair. Call ``eval()`` first."""
-        one_hot = class_one_hot(support_y, support_x.dtype)
-        support = embed(self.backbone, support_x, support_y.dim())
-        maps = class_maps(support, one_hot)
-        return MetricClassifier(self.backbone, self.relation_scores, support_y.dim(), class_maps=maps)
 
 
 def class_maps(support: Tensor, one_hot: Tensor) -> Tensor:

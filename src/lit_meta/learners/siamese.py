@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_meta.data.episode import EpisodeBatch
-from lit_meta.learners.base import MetaLearner
-from lit_meta.learners.protonet import MetricClassifier, class_one_hot, embed, embed_episode
+from lit_meta.learners.metric import MetricMetaLearner, class_one_hot, embed_episode
 
 
-class SiameseNet(MetaLearner):
+class SiameseNet(MetricMetaLearner):
     """Siamese Neural Networks (Koch, Zemel & Salakhutdinov, 2015, "Siamese Neural Networks for One-shot
     Image Recognition", ICML Deep Learning Workshop).
 
@@ -53,8 +52,6 @@ class SiameseNet(MetaLearner):
             ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
 
-    adapts_with_gradients = False
-
     def __init__(
         self,
         backbone: nn.Module,
@@ -71,17 +68,15 @@ class SiameseNet(MetaLearner):
         """Same-class logits ``w . |a - b| + bias`` of embeddings ``a`` and ``b`` (broadcast; last dim D)."""
         return self.head((a - b).abs()).squeeze(-1)
 
-    def class_logits(self, query: Tensor, support: Tensor, one_hot: Tensor) -> Tensor:
+    def summarize_support(self, support: Tensor, one_hot: Tensor) -> dict[str, Tensor]:
+        """The support embeddings and their labels: every query is compared with every support example."""
+        return {"support": support, "one_hot": one_hot}
+
+    def compare(self, query: Tensor, support: Tensor, one_hot: Tensor) -> Tensor:  # type: ignore[override]
         """Mean pair logit per class: ``[*, queries, D]``, ``[*, shots*ways, D]`` -> ``[*, queries, ways]``."""
         logits = self.pair_logits(query.unsqueeze(-2), support.unsqueeze(-3))
         one_hot = one_hot.to(logits.dtype)
         return (logits @ one_hot) / one_hot.sum(-2).unsqueeze(-2)
-
-    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        """Class logits ``[*, queries, ways]`` of one episode, or of a meta-batch."""
-        one_hot = class_one_hot(support_y, support_x.dtype)
-        support, query = embed_episode(self.backbone, support_x, query_x, support_y.dim())
-        return self.class_logits(query, support, one_hot)
 
     def task_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """Binary cross-entropy of each class logit against "the query is of this class"."""
@@ -103,10 +98,3 @@ class SiameseNet(MetaLearner):
         kinds = [same & distinct, ~same & distinct]
         means = [(losses * kind).sum() / kind.sum().clamp(min=1) for kind in kinds]
         return (means[0] + means[1]) / 2
-
-    @torch.no_grad()
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> MetricClassifier:
-        """A task model holding the task's support embeddings and labels; call ``eval()`` first."""
-        one_hot = class_one_hot(support_y, support_x.dtype)
-        support = embed(self.backbone, support_x, support_y.dim())
-        return MetricClassifier(self.backbone, self.class_logits, support_y.dim(), support=support, one_hot=one_hot)

@@ -1,0 +1,171 @@
+"""The metric-based family: embed an episode, summarise the support set, compare queries with it.
+
+:class:`MetricMetaLearner` is the base of Prototypical, Matching, Relation and Siamese
+networks. A subclass says what it keeps of an embedded support set
+(:meth:`~MetricMetaLearner.summarize_support`: prototypes, support embeddings, class
+feature maps) and how a query is scored against that summary
+(:meth:`~MetricMetaLearner.compare`); the base runs episodes and meta-batches through
+them, trains on the query loss, and adapts to a new task by computing the summary once
+(a :class:`MetricClassifier`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lit_meta.data.episode import EpisodeBatch
+from lit_meta.errors import EpisodeConfigError
+from lit_meta.learners.base import ClassScores, MetaLearner
+
+
+def embed(network: nn.Module, x: Tensor, batch_dims: int) -> Tensor:
+    """``network`` applied to items with ``batch_dims`` leading dimensions, in one call.
+
+    ``[*lead, *item_shape] -> [*lead, *output_shape]``: ``lead`` is ``[examples]``
+    for one episode and ``[tasks, examples]`` for a meta-batch.
+    """
+    lead = x.shape[:batch_dims]
+    out = network(x.reshape(-1, *x.shape[batch_dims:]))
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def embed_episode(network: nn.Module, support_x: Tensor, query_x: Tensor, batch_dims: int) -> tuple[Tensor, Tensor]:
+    """Support and query embeddings from a single call of ``network``.
+
+    One call means BatchNorm in training mode normalises support and query
+    (and, for a meta-batch, all its tasks) with the same statistics, as the
+    reference implementations that concatenate support and query do.
+    """
+    dim = batch_dims - 1
+    both = embed(network, torch.cat([support_x, query_x], dim=dim), batch_dims)
+    return both.split([support_x.shape[dim], query_x.shape[dim]], dim=dim)
+
+
+def class_one_hot(labels: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[*, examples] -> [*, examples, ways]`` one-hot labels; every label ``0 .. ways-1`` must occur.
+
+    Raises:
+        EpisodeConfigError: float targets (a regression episode) or a label with no example.
+    """
+    if labels.is_floating_point():
+        raise EpisodeConfigError(
+            f"metric-based learners classify, but the support targets are {labels.dtype} (a regression task); "
+            "use integer labels 0 .. ways-1 or a gradient-based learner"
+        )
+    one_hot = F.one_hot(labels, int(labels.max()) + 1)
+    missing = (one_hot.sum(-2) == 0).nonzero()
+    if len(missing):
+        raise EpisodeConfigError(
+            f"labels must be 0 .. ways-1 with at least one support example each; label {int(missing[0, -1])} has none"
+        )
+    return one_hot.to(dtype)
+
+
+class MetricClassifier:
+    """The task model of a metric-based learner: what it keeps of a support set is computed once.
+
+    ``adapt`` embeds the support set and reduces it (prototypes, support
+    embeddings, class feature maps) into ``cache``; classifying queries then
+    costs one embedding and ``compare(query_embeddings, **cache)``. The cache
+    is a snapshot; the backbone is the learner's own, as it is when called.
+
+    Args:
+        backbone: the learner's embedding network.
+        compare: the learner's comparison, embedded queries and the cache -> outputs.
+        batch_dims: leading dimensions of the query items (1 for one task, 2 for a batch of tasks).
+        cache: the support-side tensors, by the name ``compare`` takes them.
+    """
+
+    def __init__(self, backbone: nn.Module, compare: Callable[..., Tensor], batch_dims: int, **cache: Tensor) -> None:
+        self.backbone = backbone
+        self.compare = compare
+        self.batch_dims = batch_dims
+        self.cache = cache
+
+    def __call__(self, query_x: Tensor) -> Tensor:
+        return self.compare(embed(self.backbone, query_x, self.batch_dims), **self.cache)
+
+
+class Temperature(nn.Module):
+    """Divides scores by a temperature, fixed or learned.
+
+    A learned temperature is stored as its logarithm so it stays positive.
+
+    Args:
+        value: the (initial) temperature.
+        learnable: learn it with the other parameters.
+    """
+
+    def __init__(self, value: float = 1.0, learnable: bool = False) -> None:
+        super().__init__()
+        if value <= 0:
+            raise ValueError(f"temperature={value}: it must be positive")
+        log_value = torch.tensor(math.log(value))
+        if learnable:
+            self.log_value = nn.Parameter(log_value)
+        else:
+            self.register_buffer("log_value", log_value)
+
+    @property
+    def value(self) -> Tensor:
+        return self.log_value.exp()
+
+    def forward(self, scores: Tensor) -> Tensor:
+        return scores * torch.exp(-self.log_value)
+
+
+class MetricMetaLearner(MetaLearner):
+    """Base of the learners that classify a query by comparing its embedding with the support set's.
+
+    A subclass implements :meth:`summarize_support` and :meth:`compare`. Support and
+    query sets (of one episode, or of every task of a meta-batch) are embedded in one
+    backbone call, so BatchNorm in training uses their joint statistics.
+    :meth:`meta_loss` is :meth:`~MetaLearner.task_loss` of the query outputs over
+    all tasks; :meth:`adapt` embeds the support set once, without gradients.
+
+    Evaluation needs no autograd, and the class scores are the learner's comparison,
+    so the backbone is an embedding network of any output size.
+    """
+
+    family_base: ClassVar[bool] = True
+    evaluation_needs_autograd: ClassVar[bool] = False
+    class_scores: ClassVar[ClassScores] = "learner"
+
+    @abstractmethod
+    def summarize_support(self, support: Tensor, one_hot: Tensor) -> dict[str, Tensor]:
+        """What the learner keeps of a support set, by the names :meth:`compare` takes.
+
+        Args:
+            support: support embeddings ``[*, shots*ways, *embedding_shape]``.
+            one_hot: their labels, ``[*, shots*ways, ways]``.
+        """
+
+    @abstractmethod
+    def compare(self, query: Tensor, **summary: Tensor) -> Tensor:
+        """Outputs ``[*, queries, ways]`` of query embeddings ``[*, queries, *embedding_shape]`` given the summary."""
+
+    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Query outputs ``[*, queries, ways]`` of one episode, or of a meta-batch with a leading task dimension."""
+        one_hot = class_one_hot(support_y, support_x.dtype)
+        support, query = embed_episode(self.backbone, support_x, query_x, support_y.dim())
+        return self.compare(query, **self.summarize_support(support, one_hot))
+
+    def meta_loss(self, batch: EpisodeBatch) -> Tensor:
+        """Mean :meth:`~MetaLearner.task_loss` of the query outputs over the tasks of ``batch``."""
+        outputs = self(batch.support_x, batch.support_y, batch.query_x)
+        return self.task_loss(outputs.flatten(0, 1), batch.query_y.flatten())
+
+    @torch.no_grad()
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> MetricClassifier:
+        """A task model holding the summary of the support set; call ``eval()`` first, as for any inference."""
+        one_hot = class_one_hot(support_y, support_x.dtype)
+        support = embed(self.backbone, support_x, support_y.dim())
+        summary = self.summarize_support(support, one_hot)
+        return MetricClassifier(self.backbone, self.compare, support_y.dim(), **summary)
