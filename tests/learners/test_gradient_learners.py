@@ -16,7 +16,7 @@ from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.functional import adaptable_parameters, functional_forward, task_buffers
-from lit_meta.learners import ANIL, MAML, MetaSGD, Reptile
+from lit_meta.learners import ANIL, MAML, MetaSGD, ProtoNet, Reptile
 from lit_meta.learners.execution import TIMED_TRIAL_STEPS
 from lit_meta.learners.gradient import EXECUTION_PATH_KEY, _release_trial_memory
 
@@ -253,6 +253,66 @@ def test_reptile_update_equals_its_closed_form_on_a_quadratic():
             for c in centres:
                 expected = expected + epsilon * (c + shrink * (expected - c) - expected)
         torch.testing.assert_close(learner.backbone.theta.detach(), expected)
+
+
+def test_reptile_with_the_papers_inner_adam_moves_towards_what_torch_adam_reaches():
+    """inner_optimizer="adam" (Nichol et al., 2018: Adam with beta1=0 in the inner loop): each task
+    starts from theta with fresh moments; the outer SGD step with rate 1 lands on the mean of the phis."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).double()
+    batch = a_batch(torch.float64)
+    learner = Reptile(net, inner_lr=0.01, inner_steps=3, inner_optimizer="adam", meta_lr=1.0)
+    theta = [p.detach().clone() for p in net.parameters()]
+    phis = []
+    for episode in batch:
+        copy = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).double()
+        copy.load_state_dict(net.state_dict())
+        adam = torch.optim.Adam(copy.parameters(), lr=0.01, betas=(0.0, 0.999))
+        x, y = torch.cat([episode.support_x, episode.query_x]), torch.cat([episode.support_y, episode.query_y])
+        for _ in range(3):
+            adam.zero_grad()
+            F.cross_entropy(copy(x), y).backward()
+            adam.step()
+        phis.append([p.detach() for p in copy.parameters()])
+    learner.meta_loss(batch).backward()
+    for i, p in enumerate(net.parameters()):
+        expected = theta[i] - torch.stack([phi[i] for phi in phis]).mean(0)
+        torch.testing.assert_close(p.grad, expected, rtol=1e-6, atol=1e-9)
+    assert "first_order" not in learner.hparams and "execution" not in learner.hparams
+
+
+def test_maml_options_that_do_not_fit_together_fail_at_construction():
+    with pytest.raises(ValueError, match="defined for SGD"):
+        MAML(small_net(), inner_optimizer="adam", learn_inner_lr=True)
+    with pytest.raises(ValueError, match="takes no inner_optimizer"):
+        MetaSGD(small_net(), inner_optimizer="adam")
+    with pytest.raises(ValueError, match="inner_optimizer='rmsprop'"):
+        MAML(small_net(), inner_optimizer="rmsprop")
+
+
+def test_maml_adam_inner_loop_matches_on_every_execution_path():
+    batch = a_batch(torch.float64)
+    grads = {}
+    for execution in ("loop", "vmap"):
+        learner = MAML(small_net(dtype=torch.float64), inner_lr=0.01, inner_steps=2, inner_optimizer="adam",
+                       execution=execution)  # fmt: skip
+        learner.meta_loss(batch).backward()
+        grads[execution] = [p.grad for p in learner.parameters()]
+    for a, b in zip(grads["loop"], grads["vmap"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_the_old_names_still_work_for_one_release_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="inner_params"):
+        learner = MAML(small_net(), adapt="head")
+    assert learner.inner_param_names == ["5.weight", "5.bias"]
+    assert learner.hparams.inner_params == "head" and "adapt" not in learner.hparams
+    with pytest.warns(DeprecationWarning, match="evaluation_needs_autograd"):
+
+        class OldStyle(ProtoNet):
+            adapts_with_gradients = True
+
+    assert OldStyle.evaluation_needs_autograd and OldStyle.class_scores == "backbone_head"
 
 
 @pytest.mark.parametrize("learner_cls", [MAML, ANIL, MetaSGD, Reptile])
