@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import io
-import pickle
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -19,12 +17,12 @@ from lightning.pytorch.core.mixins.hparams_mixin import HyperparametersMixin, _g
 from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 
-from lit_meta.backbones.config import build_from_config
 from lit_meta.callbacks import RetainFreedCPUMemory
 from lit_meta.data.datasets.base import TaskDistribution
 from lit_meta.data.episode import Episode, EpisodeBatch
 from lit_meta.data.sampler import EpisodeShape
 from lit_meta.errors import EpisodeConfigError
+from lit_meta.learners import checkpoints
 from lit_meta.metrics import EpisodeMeanCI
 
 TaskModel = Callable[[Tensor], Tensor]
@@ -35,15 +33,6 @@ LRSchedule = Literal["constant", "cosine", "linear", "step"]
 ClassScores = Literal["backbone_head", "learner"]
 """Where a classifier's class scores come from: the outputs of the backbone's last ``nn.Linear``
 (so its size must equal the ways), or the learner's own computation (any number of ways)."""
-
-CHECKPOINT_LEARNER_KEY = "lit_meta_learner"
-"""Checkpoint entry naming the learner's class, so ``MetaLearner.load_from_checkpoint`` finds it."""
-CHECKPOINT_FORMAT_KEY = "lit_meta_format"
-CHECKPOINT_FORMAT = 2
-"""Version of the learner's checkpoint entries; checkpoints without one are of lit-meta 0.1.0.dev0
-before the family bases (format 1) and are upgraded on loading (:meth:`MetaLearner.upgrade_checkpoint`)."""
-CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
-"""The only ``_instantiator`` a checkpoint may name: LightningCLI's (``lit-meta fit``)."""
 
 
 class MetaLearner(L.LightningModule, ABC):
@@ -170,7 +159,7 @@ class MetaLearner(L.LightningModule, ABC):
         modules = {name: value for name, value in init_args.items() if isinstance(value, nn.Module)}
         self.save_hyperparameters(ignore=list(modules), frame=frame)
         for name, module in modules.items():
-            config = (given or {}).get(name) or getattr(module, "init_config", None) or module
+            config = checkpoints.module_config(module, (given or {}).get(name))
             self.hparams[name] = config
             if isinstance(config, Mapping):  # loggers read the initial snapshot
                 self._hparams_initial[name] = copy.deepcopy(config)
@@ -189,55 +178,32 @@ class MetaLearner(L.LightningModule, ABC):
         Modules stored as configs (see the class docstring) are rebuilt from them, so
         ``weights_only=True`` works. A module stored pickled needs
         ``weights_only=False`` (the default here): only load checkpoints you trust, as
-        with any pickle, or pass the module yourself (``backbone=...``).
+        with any pickle, or pass the module yourself (``backbone=...``). Checkpoints of
+        an older format are upgraded (:meth:`upgrade_checkpoint`).
 
         Raises:
             UnknownLearnerError: the checkpoint's learner is not registered.
-            ValueError: the checkpoint names an instantiator other than LightningCLI's.
+            ValueError: the checkpoint names no learner, or an instantiator other than LightningCLI's.
             pickle.UnpicklingError: ``weights_only=True`` and a module is stored pickled.
         """
         from lit_meta.learners.registry import resolve_learner
 
-        try:
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=weights_only)
-        except pickle.UnpicklingError as error:
-            raise pickle.UnpicklingError(
-                f"{checkpoint_path} holds objects that weights_only=True refuses, such as a module stored pickled "
-                "because it had no config (built in Python, not by lit-meta or from lit-meta's backbones): load "
-                f"it with weights_only=False if you trust the file, or pass the module yourself. ({error})"
-            ) from error
+        checkpoint = checkpoints.read(checkpoint_path, weights_only)
         hparams = checkpoint.setdefault("hyper_parameters", {})
-        learner = cls
-        if not is_learner(cls):
-            path = checkpoint.get(CHECKPOINT_LEARNER_KEY) or hparams.get("_class_path")
-            if not path:
-                raise ValueError(
-                    "the checkpoint does not name its learner; call load_from_checkpoint on the learner's class "
-                    f"(e.g. MAML.load_from_checkpoint) instead of {cls.__name__}"
-                )
-            learner = resolve_learner(path)
-        instantiator = hparams.get("_instantiator")
-        if instantiator is not None and instantiator != CLI_INSTANTIATOR:
-            raise ValueError(
-                f"the checkpoint names the instantiator {instantiator!r}; lit-meta only runs {CLI_INSTANTIATOR!r}"
-            )
-        if instantiator is None:
-            for name, value in hparams.items():
-                if name not in kwargs and isinstance(value, Mapping) and "class_path" in value:
-                    kwargs[name] = build_from_config(value)
-        if checkpoint.get(CHECKPOINT_FORMAT_KEY, 1) < CHECKPOINT_FORMAT:
+        learner = cls if is_learner(cls) else resolve_learner(checkpoints.recorded_learner(checkpoint, cls.__name__))
+        kwargs = {**checkpoints.stored_modules(hparams, passed=kwargs), **kwargs}
+        if checkpoint.get(checkpoints.CHECKPOINT_FORMAT_KEY, 1) < checkpoints.CHECKPOINT_FORMAT:
             learner.upgrade_checkpoint(checkpoint)
-            checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
-            checkpoint_path = io.BytesIO()
-            torch.save(checkpoint, checkpoint_path)
-            checkpoint_path.seek(0)
+            checkpoint[checkpoints.CHECKPOINT_FORMAT_KEY] = checkpoints.CHECKPOINT_FORMAT
+            checkpoint_path = checkpoints.in_memory(checkpoint)
         return super(MetaLearner, learner).load_from_checkpoint(
             checkpoint_path, *args, weights_only=weights_only, **kwargs
         )
 
     @classmethod
     def upgrade_checkpoint(cls, checkpoint: dict[str, Any]) -> None:
-        """Rewrites, in place, a checkpoint of an older format (:data:`CHECKPOINT_FORMAT`) for this version.
+        """Rewrites, in place, a checkpoint of an older format for this version
+        (:data:`~lit_meta.learners.checkpoints.CHECKPOINT_FORMAT`).
 
         Format 1 stored ``retain_cpu_memory=True`` by default, when learners changed malloc
         unasked; it becomes ``None`` (the owner of the process decides). Family bases and
@@ -251,8 +217,8 @@ class MetaLearner(L.LightningModule, ABC):
             hparams["retain_cpu_memory"] = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_LEARNER_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint[CHECKPOINT_FORMAT_KEY] = CHECKPOINT_FORMAT
+        checkpoint[checkpoints.CHECKPOINT_LEARNER_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[checkpoints.CHECKPOINT_FORMAT_KEY] = checkpoints.CHECKPOINT_FORMAT
 
     # -- hooks for subclasses ----------------------------------------------------------------
     @abstractmethod
