@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib
 import sys
 import warnings
 from collections import Counter
@@ -364,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--ckpt_path", required=True, metavar="CKPT", help="checkpoint written by lit-meta fit or Trainer.fit"
     )
     parser.add_argument("--support", required=True, metavar="DIR", help="folder of class folders of labelled examples")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first, registering the learners it defines (e.g. your own learner's module, "
+        "on PYTHONPATH); repeatable. lit-meta never imports a module because a checkpoint names it",
+    )
     parser.add_argument("--query", required=True, metavar="DIR", help="folder of images to label")
     parser.add_argument(
         "--output",
@@ -411,6 +421,15 @@ def _preprocessing(stored: ImagePreprocessing | None, args: argparse.Namespace) 
     return dataclasses.replace(stored, **{name: value for name, value in given.items() if value is not None})
 
 
+def _import_modules(names: Sequence[str]) -> None:
+    """The modules the user named with ``--import``, so the learners they define are registered."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise LitMetaError(f"--import {name}: {exc}; put the module's folder on PYTHONPATH") from exc
+
+
 def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
@@ -429,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     try:
         device = _device(args.device)
+        _import_modules(args.imports)
         learner, stored = load_learner(args.ckpt_path, device)
         preprocessing = _preprocessing(stored, args)
         task_model, class_names = adapt_to_folder(learner, args.support, preprocessing, steps=args.steps)

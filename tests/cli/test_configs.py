@@ -1,18 +1,16 @@
-"""Every YAML under ``configs/`` through the real ``lit-meta fit``, on embedded data.
+"""The YAMLs under ``configs/`` and the command line around them.
 
-Each config runs in-process with ``fast_dev_run``: jsonargparse validates the
-whole file (a wrong key anywhere fails), then one training, validation and test
-batch run and the test summary is printed. Omniglot configs run on the
-procedural glyphs (also ``[1, 28, 28]`` images, 1,000 meta-train classes of 20
-drawings), so nothing is downloaded; sinusoid configs run as they are.
+Every config runs through ``lit-meta fit``, ``test`` and ``adapt`` in the registry's
+contract test (``tests/test_contract.py``), on embedded data: Omniglot configs run on
+the procedural glyphs (also ``[1, 28, 28]`` images, 1,000 meta-train classes of 20
+drawings), so nothing is downloaded. The helpers for that live here; the tests here
+check what the configs promise beyond a run (episodes that fit Omniglot's 20 drawings,
+the help text, errors for misspelled keys).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import json
-import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lit_meta.cli import init_arguments, main
+from lit_meta.cli import main
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.datasets import DATASETS, Omniglot, ProceduralGlyphs
 from lit_meta.learners import registered_learners
@@ -34,18 +32,6 @@ OMNIGLOT_DRAWINGS = 20
 
 # Reptile adapts for 50 steps per evaluated 20-way episode: 10-25 s each on 2 cores.
 SLOW = {"reptile/omniglot_20w1s.yaml", "reptile/omniglot_20w5s.yaml"}
-
-# One batch of each split runs under fast_dev_run; small batches and one query per class
-# keep a run to a second or two. The episodes' shapes are checked without running them.
-SMALL_RUN = [
-    "--trainer.fast_dev_run=1",
-    "--data.meta_batch_size=2",
-    "--data.eval_meta_batch_size=1",
-    "--data.queries=1",
-    "--data.train_episodes=2",
-    "--data.val_episodes=2",
-    "--data.test_episodes=2",
-]
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -83,55 +69,6 @@ def glyph_kwargs(data: dict[str, Any]) -> dict[str, Any]:
     inspect.signature(Omniglot).bind(**kwargs)
     glyph_parameters = inspect.signature(ProceduralGlyphs).parameters
     return {key: value for key, value in kwargs.items() if key in glyph_parameters}
-
-
-def omniglot_overrides(config: dict[str, Any], glyph_root: Path) -> list[str]:
-    """Command-line overrides that run an Omniglot config on the glyphs, quickly; none for other datasets."""
-    data = data_args(config)
-    if data.get("dataset") != "omniglot":
-        return []
-    kwargs = glyph_kwargs(data)
-    overrides = [
-        "--data.dataset=glyphs",
-        f"--data.root={glyph_root}",
-        f"--data.dataset_kwargs={json.dumps(kwargs) if kwargs else 'null'}",
-    ]
-    # MAML's execution="auto" times both paths on the first batch, ~20 s for a 20-way Conv4
-    # meta-batch on 2 cores; the sinusoid configs, where that is cheap, keep it.
-    module, class_name = config["model"]["class_path"].rsplit(".", 1)
-    if "execution" in init_arguments(getattr(importlib.import_module(module), class_name)):
-        overrides.append("--model.init_args.execution=loop")
-    return overrides
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(path, id=config_id(path), marks=[pytest.mark.slow] if config_id(path) in SLOW else [])
-        for path in CONFIGS
-    ],
-)
-def test_config_runs(
-    path: Path,
-    glyph_root: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    config = load(path)
-    monkeypatch.chdir(tmp_path)  # the default CSV logger writes to the working directory
-    args = [
-        "fit",
-        f"--config={path}",
-        *omniglot_overrides(config, glyph_root),
-        *SMALL_RUN,
-        f"--trainer.default_root_dir={tmp_path}",
-    ]
-    with caplog.at_level(logging.INFO):
-        assert main(args) == 0
-    if config.get("test_after_fit"):
-        metric = "test/mse" if data_args(config).get("dataset") == "sinusoid" else "test/acc"
-        assert any(record.getMessage().startswith(f"{metric} ") for record in caplog.records), caplog.text
 
 
 @pytest.mark.parametrize("path", OMNIGLOT_CONFIGS, ids=config_id)

@@ -74,10 +74,11 @@ def resolve_learner(path: str) -> type[MetaLearner]:
         return alias
     raise UnknownLearnerError(
         f"{path} is not a registered lit-meta learner, and lit-meta does not import modules that a checkpoint "
-        f"names. Register it: import its module before loading (import {module or path}), or declare it in "
-        f'your package\'s "{ENTRY_POINT_GROUP}" entry-point group '
-        f'([project.entry-points."{ENTRY_POINT_GROUP}"] {name.lower() or "my_learner"} = "{module}:{name}"), '
-        "or put its file in lit_meta/learners/. Registered learners: " + ", ".join(learners)
+        f"names. Register it: import its module first (in Python: import {module or path}; with lit-meta adapt: "
+        f'--import {module or path}); or declare it in your package\'s "{ENTRY_POINT_GROUP}" entry-point group '
+        f'(pyproject.toml: under [project.entry-points."{ENTRY_POINT_GROUP}"], '
+        f'{name.lower() or "my_learner"} = "{module}:{name}") and install the package; or put its file in '
+        "lit_meta/learners/. Registered learners: " + ", ".join(learners)
     )
 
 
