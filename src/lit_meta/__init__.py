@@ -27,12 +27,14 @@ _PUBLIC = {
     "GradientMetaLearner": "lit_meta.learners",
     "MetricMetaLearner": "lit_meta.learners",
     "MAML": "lit_meta.learners",
+    "MANN": "lit_meta.learners",
     "MatchingNet": "lit_meta.learners",
     "MetaLearner": "lit_meta.learners",
     "MetaSGD": "lit_meta.learners",
     "ProtoNet": "lit_meta.learners",
     "RelationNet": "lit_meta.learners",
     "Reptile": "lit_meta.learners",
+    "SequenceMetaLearner": "lit_meta.learners",
     "SiameseNet": "lit_meta.learners",
 }
 
@@ -40,6 +42,7 @@ __all__ = [
     "ANIL",
     "DATASETS",
     "MAML",
+    "MANN",
     "Episode",
     "EpisodeBatch",
     "EpisodeDataset",
@@ -56,6 +59,7 @@ __all__ = [
     "ProtoNet",
     "RelationNet",
     "Reptile",
+    "SequenceMetaLearner",
     "SiameseNet",
     "__version__",
     "build_dataset",
@@ -90,6 +94,7 @@ if TYPE_CHECKING:
     from lit_meta.learners import (
         ANIL,
         MAML,
+        MANN,
         GradientMetaLearner,
         MatchingNet,
         MetaLearner,
@@ -98,5 +103,6 @@ if TYPE_CHECKING:
         ProtoNet,
         RelationNet,
         Reptile,
+        SequenceMetaLearner,
         SiameseNet,
     )

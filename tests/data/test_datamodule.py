@@ -128,6 +128,7 @@ def test_state_dict_resumes_the_training_stream():
         (dict(ways=1), EpisodeConfigError, "ways=1"),
         (dict(shots=0), EpisodeConfigError, "shots=0"),
         (dict(meta_batch_size=0), EpisodeConfigError, "meta_batch_size=0"),
+        (dict(support_order="sorted"), EpisodeConfigError, "support_order='sorted': expected one of"),
     ],
 )
 def test_bad_configuration_fails_at_construction(kwargs, error, message):
@@ -165,3 +166,53 @@ def test_ddp_ranks_draw_disjoint_episodes(tmp_path):
     single.setup("fit")
     reference = [b.classes[0].tolist() for b in single.train_dataloader()]
     assert ranks[0] == reference[0::2] and ranks[1] == reference[1::2]
+
+
+def test_support_order_reaches_every_split():
+    shuffled, plain = tiny_datamodule(shots=2, support_order="random"), tiny_datamodule(shots=2)
+    for dm in (shuffled, plain):
+        dm.setup()
+    assert {s.support_order for s in shuffled.samplers.values()} == {"random"}
+    assert {s.support_order for s in plain.samplers.values()} == {"by_class"}
+    unsorted = 0
+    for split in ("train", "val", "test"):
+        for a, b in zip(shuffled.episode_loader(split), plain.episode_loader(split), strict=True):
+            assert torch.equal(a.classes, b.classes) and torch.equal(a.query_x, b.query_x)
+            assert b.support_y.tolist() == [[0, 0, 1, 1, 2, 2]] * len(b)
+            for task in range(len(a)):  # the same items and labels, reordered together
+                order = torch.argsort(a.support_y[task], stable=True)
+                assert torch.equal(a.support_y[task][order], b.support_y[task])
+                assert {x.tobytes() for x in a.support_x[task].numpy()} == {
+                    x.tobytes() for x in b.support_x[task].numpy()
+                }
+                unsorted += a.support_y[task].tolist() != b.support_y[task].tolist()
+    assert unsorted > 0
+
+
+class NoValImages(TinyImages):
+    """TinyImages without validation classes, like Omniglot's "santoro" split."""
+
+    def has_split(self, name: str) -> bool:
+        return name != "val"
+
+
+@pytest.mark.filterwarnings("error::UserWarning", "ignore:.*does not have many workers.*")
+def test_a_split_without_classes_gets_no_episodes_and_validation_is_skipped():
+    dm = EpisodicDataModule(
+        NoValImages(), ways=3, shots=1, queries=2, meta_batch_size=2, train_episodes=8, test_episodes=4
+    )
+    model = EpisodeRecorder()
+    trainer = L.Trainer(
+        max_steps=2, limit_val_batches=3, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.fit(model, dm)  # no warning either: an empty val loader would get one
+    assert trainer.global_step == 2 and len(model.seen["train"]) == 4
+    assert model.seen["val"] == []
+    assert trainer.limit_val_batches == 3  # given back after the run
+    assert trainer.validate(model, dm) == []
+    trainer.test(model, dm)
+    assert len(model.seen["test"]) == 4
+    assert dm.empty_splits == {"val"} and "val" not in dm.samplers
+    assert dm.val_dataloader() == []
+    with pytest.raises(DatasetError, match=r"no val episodes: .*NoValImages.* holds no val classes"):
+        dm.episode_loader("val")

@@ -14,14 +14,16 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.datasets import DATASETS, Omniglot, build_dataset
 from lit_meta.data.datasets import omniglot as omniglot_module
-from lit_meta.data.episode import EpisodeDataset
+from lit_meta.data.episode import EpisodeBatch, EpisodeDataset
 from lit_meta.data.sampler import EpisodeSampler, EpisodeShape
 from lit_meta.errors import ChecksumError, DatasetError
 from tests.conftest import omniglot_dir
@@ -275,8 +277,92 @@ def test_unreadable_png_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_split_scheme(root: Path) -> None:
-    with pytest.raises(DatasetError, match="vinyals"):
+    with pytest.raises(DatasetError, match=r"unknown Omniglot split 'random'; use 'vinyals' .*'lake' .*'santoro'"):
         Omniglot(root, split="random")  # type: ignore[arg-type]
+
+
+# -- the Santoro et al. (2016) split: no validation characters ----------------------------
+def test_santoro_split_is_vinyals_test_and_the_rest_for_training(root: Path) -> None:
+    # 11 characters: the vinyals proportions give 7 / 1 / 3, so santoro has 8 / 0 / 3 (1200 / 0 / 423 in full).
+    santoro, vinyals = _omniglot(root, split="santoro"), _omniglot(root)
+    groups, vinyals_groups = santoro.split_classes(), vinyals.split_classes()
+    assert [len(groups[name]) for name in ("train", "val", "test")] == [8, 0, 3]
+    np.testing.assert_array_equal(groups["test"], vinyals_groups["test"])
+    np.testing.assert_array_equal(groups["train"], np.union1d(vinyals_groups["train"], vinyals_groups["val"]))
+    train, test = santoro.split("train"), santoro.split("test")
+    assert (train.num_classes, test.num_classes) == (4 * 8, 4 * 3)
+    assert len(train) == 4 * 8 * DRAWERS and len(test) == 4 * 3 * DRAWERS
+    train_chars, test_chars = set((train.class_ids // 4).tolist()), set((test.class_ids // 4).tolist())
+    assert not train_chars & test_chars and train_chars | test_chars == set(range(NUM_CHARACTERS))
+    assert [santoro.has_split(name) for name in ("train", "val", "test")] == [True, False, True]
+    assert all(vinyals.has_split(name) for name in ("train", "val", "test"))
+
+
+def test_santoro_has_no_val_split_and_says_why(tmp_path: Path) -> None:
+    # Refused by the scheme alone, before any file is looked for.
+    with pytest.raises(DatasetError, match=r"split='santoro' has no val characters.*Use split='vinyals'"):
+        _omniglot(tmp_path / "nowhere", split="santoro").split("val")
+
+
+def test_an_empty_split_of_a_partial_release_is_still_an_incomplete_release(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Omniglot, "VINYALS_SIZES", (1600, 1, 22))  # 11 characters: no val character
+    with pytest.raises(DatasetError, match=r"'vinyals' val split of Omniglot .* holds no characters.*incomplete"):
+        _omniglot(root).split("val")
+
+
+class _Prototypes(L.LightningModule):
+    """Nearest prototype on a linear embedding of 20x20 images; counts validation steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(400, 8)
+        self.validation_steps = 0
+        self.test_classes: set[int] = set()
+
+    def _loss(self, batch: EpisodeBatch) -> torch.Tensor:
+        support = self.embed(batch.support_x.flatten(2))
+        one_hot = torch.nn.functional.one_hot(batch.support_y, batch.ways).float()
+        prototypes = one_hot.transpose(1, 2) @ support / one_hot.sum(1).unsqueeze(-1)  # any support order
+        logits = -torch.cdist(self.embed(batch.query_x.flatten(2)), prototypes)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
+
+    def training_step(self, batch: EpisodeBatch, batch_idx: int) -> torch.Tensor:
+        return self._loss(batch)
+
+    def validation_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
+        self.validation_steps += 1
+
+    def test_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
+        self.test_classes |= set(batch.classes.flatten().tolist())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.filterwarnings("error::UserWarning", "ignore:.*does not have many workers.*")
+def test_santoro_datamodule_trains_and_tests_without_validation(root: Path) -> None:
+    omniglot = _omniglot(root, split="santoro", image_size=20)
+    dm = EpisodicDataModule(
+        omniglot,
+        ways=5,
+        shots=1,
+        queries=1,
+        meta_batch_size=2,
+        train_episodes=8,
+        test_episodes=4,
+        support_order="random",
+    )
+    model = _Prototypes()
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(model, dm)  # without a warning about an empty val loader
+    assert trainer.global_step == 2 and model.validation_steps == 0
+    assert dm.empty_splits == {"val"} and set(dm.samplers) == {"train"}
+    trainer.test(model, dm)
+    assert {c // 4 for c in model.test_classes} <= set(omniglot.split_classes()["test"].tolist())
+    with pytest.raises(DatasetError, match=r"no val episodes: Omniglot\(.*split='santoro'"):
+        dm.episode_loader("val")
 
 
 # -- download -------------------------------------------------------------------------------
@@ -384,6 +470,18 @@ def test_real_splits(real_omniglot: Omniglot, scheme: str, sizes: tuple[int, int
         seen |= chars
     if scheme == "lake":
         assert (omniglot.split("test").class_ids // 4).min() == 964
+
+
+def test_real_santoro_split(real_omniglot: Omniglot) -> None:
+    real_omniglot.characters  # decoded once into the shared cache
+    kwargs = dict(download=False, cache_dir=real_omniglot.cache_dir, rotations=(0,), precompute_rotations=False)
+    santoro = Omniglot(real_omniglot.root, split="santoro", **kwargs)
+    train, test = santoro.split("train"), santoro.split("test")
+    assert (train.num_classes, test.num_classes) == (1200, 423)
+    assert not set(train.class_ids.tolist()) & set(test.class_ids.tolist())
+    vinyals_test = Omniglot(real_omniglot.root, **kwargs).split("test")
+    np.testing.assert_array_equal(test.class_ids, vinyals_test.class_ids)
+    assert not santoro.has_split("val")
 
 
 def test_real_cache_loads_fast(real_omniglot: Omniglot) -> None:

@@ -188,3 +188,77 @@ def test_sinusoid_episodes_follow_the_maml_distribution():
         batch.support_y[0],
         torch.from_numpy(params[0, 0] * np.sin(batch.support_x[0].double().numpy() - params[0, 1])).float(),
     )
+
+
+# -- support order ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("sizes", "task", "support", "query"),
+    [  # plan 3 of epoch 1, seed 7, drawn by the sampler before support_order existed
+        ([5] * 6, [4, 0, 3], [[23, 24], [0, 3], [17, 19]], [[20], [4], [16]]),
+        ([5, 6, 7, 5, 8, 6], [4, 0, 3], [[30, 25], [2, 4], [18, 22]], [[29], [0], [21]]),
+    ],
+)
+@pytest.mark.parametrize("support_order", ["by_class", "random"])
+def test_support_order_leaves_the_classes_and_items_of_every_episode_unchanged(
+    sizes, task, support, query, support_order
+):
+    sampler = EpisodeSampler(
+        make_dataset(sizes), EpisodeShape(3, 2, 1), num_episodes=4, seed=7, support_order=support_order
+    )
+    sampler.set_epoch(1)
+    plan = sampler.plan(3)
+    assert plan.task.tolist() == task and plan.support.tolist() == support and plan.query.tolist() == query
+    assert (plan.order is None) == (support_order == "by_class")
+
+
+@settings(max_examples=30, deadline=None)
+@given(episode_settings(), st.integers(0, 3))
+def test_random_support_order_only_reorders_the_by_class_episode(setting, epoch):
+    dataset, shape, seed = setting
+    by_class, shuffled = (
+        EpisodeSampler(dataset, shape, num_episodes=6, seed=seed, support_order=order)
+        for order in ("by_class", "random")
+    )
+    builder = EpisodeDataset(dataset)
+    for sampler in (by_class, shuffled):
+        sampler.set_epoch(epoch)
+    for plain_plan, plan in zip(by_class, shuffled, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(plain_plan[:3], plan[:3], strict=True))
+        assert plain_plan.order is None
+        assert sorted(plan.order.tolist()) == list(range(shape.ways * shape.shots))
+        plain, episode = builder[plain_plan], builder[plan]
+        # The same support items and labels, moved together; queries and classes untouched.
+        assert torch.equal(episode.support_x, plain.support_x[torch.from_numpy(plan.order)])
+        assert torch.equal(episode.support_y, plain.support_y[torch.from_numpy(plan.order)])
+        for name in ("query_x", "query_y", "classes"):
+            assert torch.equal(getattr(episode, name), getattr(plain, name))
+        # Every support item still carries its own class's label (item i holds the value i).
+        items = episode.support_x.reshape(-1).long().numpy()
+        assert (dataset.class_ids[dataset.labels[items]] == episode.classes[episode.support_y].numpy()).all()
+
+
+def test_random_support_order_varies_by_episode_and_repeats_for_the_same_seed():
+    dataset = make_dataset([6] * 10)
+    shape = EpisodeShape(5, 2, 1)
+    first, second = (EpisodeSampler(dataset, shape, num_episodes=20, seed=3, support_order="random") for _ in range(2))
+    orders = [p.order.tolist() for p in first]
+    assert orders == [p.order.tolist() for p in second]
+    assert len({tuple(o) for o in orders}) > 15
+    labels = [EpisodeDataset(dataset)[p].support_y.tolist() for p in first]
+    assert sum(y != sorted(y) for y in labels) > 15  # support labels are no longer sorted
+    other_seed = EpisodeSampler(dataset, shape, num_episodes=20, seed=4, support_order="random")
+    assert [p.order.tolist() for p in other_seed] != orders
+
+
+def test_regression_tasks_ignore_support_order():
+    tasks = Sinusoid().split("train")
+    plain = list(EpisodeSampler(tasks, EpisodeShape(5, 10, 7), num_episodes=4, seed=3))
+    shuffled = list(EpisodeSampler(tasks, EpisodeShape(5, 10, 7), num_episodes=4, seed=3, support_order="random"))
+    for a, b in zip(plain, shuffled, strict=True):
+        assert b.order is None
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_unknown_support_order_names_the_choices():
+    with pytest.raises(EpisodeConfigError, match=r"support_order='shuffled': expected one of \('by_class', 'random'\)"):
+        EpisodeSampler(make_dataset([5] * 5), EpisodeShape(2, 1, 1), num_episodes=1, support_order="shuffled")  # type: ignore[arg-type]

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader
 from lit_meta.data.datasets import MetaDataset, build_dataset
 from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName, TaskDistribution
 from lit_meta.data.episode import EpisodeDataset, collate_episodes
-from lit_meta.data.sampler import EpisodeSampler, EpisodeShape
-from lit_meta.errors import EpisodeConfigError
+from lit_meta.data.sampler import SUPPORT_ORDERS, EpisodeSampler, EpisodeShape, SupportOrder
+from lit_meta.errors import DatasetError, EpisodeConfigError
 
 
 class EpisodicDataModule(L.LightningDataModule):
@@ -22,6 +22,18 @@ class EpisodicDataModule(L.LightningDataModule):
     validation and test draw the same fixed episodes every time, so their scores
     are comparable across epochs and runs. The literature reports test accuracy
     over 600 episodes, the default here.
+
+    A dataset may have no classes for a split: Omniglot's ``"santoro"`` scheme
+    (Santoro et al., 2016) holds out none for validation. A dataset says so with
+    :meth:`~lit_meta.data.datasets.MetaDataset.has_split`. Such a split gets no
+    sampler (it is listed in :attr:`empty_splits`) and asking for its episodes (:meth:`episode_loader`) raises
+    :class:`~lit_meta.errors.DatasetError`. Without val classes validation is
+    skipped: :meth:`setup` sets the attached Trainer's ``limit_val_batches`` to 0
+    (restored in :meth:`teardown`), which turns validation and its sanity check
+    off without a warning, and :meth:`val_dataloader` returns ``[]`` when called
+    anyway. (Returning ``[]`` alone also skips validation, but Lightning 2 warns
+    that the val loader's length is zero.) A callback that monitors a validation
+    metric has nothing to monitor then.
 
     Example::
 
@@ -50,6 +62,17 @@ class EpisodicDataModule(L.LightningDataModule):
         pin_memory: pin batches for faster host-to-GPU copies.
         seed: seeds every episode stream; episode ``i`` of epoch ``e`` of a split
             depends only on ``(seed, split, e, i)``.
+        support_order: the order of each episode's support set, in every split.
+            ``"by_class"`` (default): class-major, all shots of label 0, then label
+            1, ... ``"random"``: the ``ways * shots`` support items in a random
+            order drawn per episode (seeded like everything else, so still a
+            function of ``(seed, split, e, i)``; the classes and items of an episode
+            do not change). Sequence learners need it, as they read the support as
+            an ordered sequence and a class-major order would give labels away by
+            position (MANN, Santoro et al., 2016, predicts each support label before
+            seeing it; SNAIL, Mishra et al., 2018). Learners that treat the support
+            as a set are unaffected. Queries stay class-major; regression datasets
+            ignore it (their support inputs are random already).
     """
 
     def __init__(
@@ -74,6 +97,7 @@ class EpisodicDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        support_order: SupportOrder = "by_class",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if isinstance(dataset, str) else ["dataset"])
@@ -84,6 +108,11 @@ class EpisodicDataModule(L.LightningDataModule):
             )
         if num_workers < 0:
             raise EpisodeConfigError(f"num_workers={num_workers}: use 0 (load in the main process) or more")
+        if support_order not in SUPPORT_ORDERS:
+            raise EpisodeConfigError(
+                f"support_order={support_order!r}: expected one of {SUPPORT_ORDERS} "
+                "('random' for learners that read the support as a sequence)"
+            )
         # Episode shapes are checked here so a bad config fails before any data is read.
         self.shapes: dict[SplitName, EpisodeShape] = {
             "train": EpisodeShape(train_ways or ways, train_shots or shots, train_queries or queries),
@@ -103,7 +132,9 @@ class EpisodicDataModule(L.LightningDataModule):
         }
         self.splits: dict[SplitName, ClassIndexedDataset | TaskDistribution] = {}
         self.samplers: dict[SplitName, EpisodeSampler] = {}
+        self.empty_splits: set[SplitName] = set()  # splits without classes (see has_split): no sampler
         self._pending_sampler_state: dict[str, Any] = {}
+        self._limit_val_batches: int | float | None = None  # the Trainer's own, while validation is off
 
     def prepare_data(self) -> None:
         """Download or generate what the dataset lacks (once per node)."""
@@ -118,7 +149,10 @@ class EpisodicDataModule(L.LightningDataModule):
             "predict": ("test",),
         }.get(stage or "", SPLIT_NAMES)
         for split in wanted:
-            if split in self.samplers:
+            if split in self.samplers or split in self.empty_splits:
+                continue
+            if not self.has_split(split):
+                self.empty_splits.add(split)
                 continue
             self.splits[split] = self.dataset.split(split)
             sampler = EpisodeSampler(
@@ -128,15 +162,43 @@ class EpisodicDataModule(L.LightningDataModule):
                 split=split,
                 seed=self.hparams.seed,
                 vary_with_epoch=split == "train",
+                support_order=self.hparams.support_order,
             )
             if split in self._pending_sampler_state:
                 sampler.load_state_dict(self._pending_sampler_state.pop(split))
             self.samplers[split] = sampler
+        trainer = self.trainer
+        if "val" in self.empty_splits and stage in ("fit", "validate") and trainer is not None:
+            # Lightning would skip the [] of val_dataloader() too, but with a warning about its zero length.
+            if self._limit_val_batches is None:
+                self._limit_val_batches = trainer.limit_val_batches
+            trainer.limit_val_batches = 0
+
+    def teardown(self, stage: str) -> None:
+        """Give the Trainer back the ``limit_val_batches`` that :meth:`setup` set to 0, if it did."""
+        if self._limit_val_batches is not None and self.trainer is not None:
+            self.trainer.limit_val_batches = self._limit_val_batches
+        self._limit_val_batches = None
+
+    def has_split(self, split: SplitName) -> bool:
+        """Whether the dataset has classes for ``split`` (:meth:`~lit_meta.data.datasets.MetaDataset.has_split`)."""
+        return self.dataset.has_split(split)
 
     def episode_loader(self, split: SplitName) -> DataLoader:
-        """A plain :class:`~torch.utils.data.DataLoader` of episode batches from ``split``."""
+        """A plain :class:`~torch.utils.data.DataLoader` of episode batches from ``split``.
+
+        Raises:
+            DatasetError: if the dataset has no classes for ``split`` (see :attr:`empty_splits`).
+        """
         if split not in self.samplers:
             self.setup()
+        if split in self.empty_splits:
+            skip = " (a Trainer given this datamodule skips validation by itself)"
+            raise DatasetError(
+                f"no {split} episodes: {self.dataset!r} holds no {split} classes. Use a dataset or split scheme "
+                f"with {split} classes (Omniglot: split='vinyals' or 'lake'), or do not ask for {split} episodes"
+                f"{skip if split == 'val' else ''}"
+            )
         workers = self.hparams.num_workers
         return DataLoader(
             EpisodeDataset(self.splits[split]),
@@ -151,8 +213,11 @@ class EpisodicDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self.episode_loader("train")
 
-    def val_dataloader(self) -> DataLoader:
-        return self.episode_loader("val")
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation episodes, or ``[]`` (no validation) if the dataset has no val classes."""
+        if "val" not in self.samplers:
+            self.setup()
+        return [] if "val" in self.empty_splits else self.episode_loader("val")
 
     def test_dataloader(self) -> DataLoader:
         return self.episode_loader("test")

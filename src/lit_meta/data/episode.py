@@ -60,10 +60,12 @@ class Episode(_EpisodeTensors):
 
     Attributes:
         support_x: ``[ways * shots, *item_shape]``, class-major (all shots of label
-            0, then label 1, ...).
-        support_y: ``[ways * shots]`` labels ``0 .. ways-1`` (classification), or
-            ``[shots, output_dim]`` float targets (regression).
-        query_x: ``[ways * queries, *item_shape]``, class-major like the support.
+            0, then label 1, ...) unless the datamodule's ``support_order="random"``:
+            then in a random order drawn per episode, for sequence learners.
+        support_y: ``[ways * shots]`` labels ``0 .. ways-1`` of the support items,
+            in their order (sorted only when class-major), or ``[shots, output_dim]``
+            float targets (regression).
+        query_x: ``[ways * queries, *item_shape]``, always class-major.
         query_y: ``[ways * queries]`` labels, or ``[queries, output_dim]`` targets.
         classes: ``[ways]`` original class ids: ``classes[label]`` is the dataset's
             class id behind episode label ``label``. Empty for regression.
@@ -110,7 +112,9 @@ class EpisodeDataset(torch.utils.data.Dataset[Episode]):
     Used as a ``DataLoader`` dataset with the sampler as its ``sampler``: the
     loader passes each plan to ``__getitem__``. Labels are the positions of the
     classes in the plan, which the sampler drew in random order, so the label of
-    a class differs from episode to episode.
+    a class differs from episode to episode. A plan's support ``order``, if any,
+    reorders the support items and their labels together; queries stay
+    class-major.
     """
 
     def __init__(self, source: ClassIndexedDataset | TaskDistribution) -> None:
@@ -128,11 +132,17 @@ class EpisodeDataset(torch.utils.data.Dataset[Episode]):
             )
         ways, shots = plan.support.shape
         queries = plan.query.shape[1]
-        items = source.load(np.concatenate([plan.support.reshape(-1), plan.query.reshape(-1)]))
+        support = plan.support.reshape(-1)
+        support_y = torch.arange(ways).repeat_interleave(shots)
+        if plan.order is not None:
+            # Reorder the indices before loading: the items follow at no cost, each with its label.
+            support = support[plan.order]
+            support_y = support_y[torch.from_numpy(plan.order)]
+        items = source.load(np.concatenate([support, plan.query.reshape(-1)]))
         labels = torch.arange(ways)
         return Episode(
             support_x=items[: ways * shots],
-            support_y=labels.repeat_interleave(shots),
+            support_y=support_y,
             query_x=items[ways * shots :],
             query_y=labels.repeat_interleave(queries),
             classes=torch.from_numpy(source.class_ids[plan.task]),

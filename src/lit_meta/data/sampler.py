@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch.distributed as dist
@@ -13,6 +13,9 @@ from torch.utils.data import DistributedSampler
 
 from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName, TaskDistribution
 from lit_meta.errors import EpisodeConfigError
+
+SupportOrder = Literal["by_class", "random"]
+SUPPORT_ORDERS: tuple[SupportOrder, ...] = get_args(SupportOrder)
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,17 @@ class EpisodePlan(NamedTuple):
     label order), ``support`` and ``query`` the ``[ways, shots]`` and ``[ways,
     queries]`` item indices. Regression: ``task`` holds the function's
     parameters, ``support`` and ``query`` the ``[n, input_dim]`` inputs.
+
+    ``order`` is the order in which the support is presented: a permutation of
+    the ``ways * shots`` positions of the class-major flattened support
+    (``support.reshape(-1)[order]``), or ``None`` for class-major order. Only
+    ``support_order="random"`` classification samplers set it.
     """
 
     task: np.ndarray
     support: np.ndarray
     query: np.ndarray
+    order: np.ndarray | None = None
 
 
 def episode_rng(seed: int, split: SplitName, epoch: int, index: int) -> np.random.Generator:
@@ -77,6 +86,15 @@ class EpisodeSampler(DistributedSampler):  # type: ignore[type-arg]
     items of a class are distinct. The split itself holds only its own classes,
     so meta-train, meta-val and meta-test never share one.
 
+    With ``support_order="random"`` each classification plan also carries a
+    random order of its support items (:attr:`EpisodePlan.order`), for sequence
+    learners that read the support as an ordered sequence, such as MANN (Santoro
+    et al., 2016, "Meta-Learning with Memory-Augmented Neural Networks", ICML) and
+    SNAIL (Mishra et al., 2018, "A Simple Neural Attentive Meta-Learner", ICLR):
+    in class-major order a label could be read off an item's position. The order
+    is drawn after everything else an episode draws, so the classes and items of
+    episode ``i`` are the same under either option.
+
     The sampler subclasses :class:`~torch.utils.data.DistributedSampler` only to
     tell Lightning that it shards itself: Lightning then leaves it in place
     instead of wrapping it, and calls :meth:`set_epoch` every epoch. It does not
@@ -93,6 +111,12 @@ class EpisodeSampler(DistributedSampler):  # type: ignore[type-arg]
             the same episodes every epoch, so validation scores stay comparable.
         num_replicas: number of ranks; default: the process group's world size, or 1.
         rank: this process's rank; default: the process group's rank, or 0.
+        support_order: the order of an episode's support items. ``"by_class"``
+            (default): class-major, all shots of label 0, then label 1, ... (no
+            :attr:`EpisodePlan.order`). ``"random"``: a permutation of the
+            ``ways * shots`` items drawn per episode from the episode's own random
+            stream. Regression task distributions ignore it: their support inputs
+            are drawn at random already.
     """
 
     def __init__(
@@ -105,7 +129,13 @@ class EpisodeSampler(DistributedSampler):  # type: ignore[type-arg]
         vary_with_epoch: bool = True,
         num_replicas: int | None = None,
         rank: int | None = None,
+        support_order: SupportOrder = "by_class",
     ) -> None:
+        if support_order not in SUPPORT_ORDERS:
+            raise EpisodeConfigError(
+                f"support_order={support_order!r}: expected one of {SUPPORT_ORDERS} "
+                "('random' for learners that read the support as a sequence)"
+            )
         if num_episodes < 1:
             raise EpisodeConfigError(f"num_episodes={num_episodes}: a split needs at least one episode per epoch")
         if split not in SPLIT_NAMES:
@@ -116,6 +146,7 @@ class EpisodeSampler(DistributedSampler):  # type: ignore[type-arg]
         self.split: SplitName = split
         self.seed = seed
         self.vary_with_epoch = vary_with_epoch
+        self.support_order: SupportOrder = support_order
         self._num_replicas = num_replicas
         self._rank = rank
         self.epoch = 0
@@ -203,7 +234,9 @@ class EpisodeSampler(DistributedSampler):  # type: ignore[type-arg]
             items = np.take_along_axis(pool, picks, axis=1)
         else:
             items = np.stack([rng.choice(self._class_indices[c], size=shots + queries, replace=False) for c in classes])
-        return EpisodePlan(classes, items[:, :shots], items[:, shots:])
+        # Drawn last, so the classes and items above do not depend on the option.
+        order = rng.permutation(ways * shots) if self.support_order == "random" else None
+        return EpisodePlan(classes, items[:, :shots], items[:, shots:], order)
 
     # -- resuming -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -4,8 +4,10 @@
 - :mod:`~lit_meta.learners.gradient`: the gradient-based family's base (inner loop,
   adaptation, per-task meta-gradient, execution paths);
   :mod:`~lit_meta.learners.execution` chooses an execution path by measurement.
-- :mod:`~lit_meta.learners.metric`: the metric-based family's base (embedding an
-  episode, class one-hots, the classifier over a support summary).
+- :mod:`~lit_meta.learners.metric`: the metric-based family's base (class one-hots, the
+  classifier over a support summary); :mod:`~lit_meta.learners.embedding` embeds episodes.
+- :mod:`~lit_meta.learners.sequence`: the sequence (model-based) family's base (an episode
+  as an ordered sequence of item and label steps, queries read after the support).
 - one module per algorithm, on its family base.
 - :mod:`~lit_meta.learners.registry`: the learners lit-meta knows (this package,
   the ``lit_meta.learners`` entry points, imported subclasses).
@@ -16,6 +18,7 @@ from lit_meta.learners.base import ClassScores, MetaLearner, TaskModel
 from lit_meta.learners.execution import ExecutionPlan, ExecutionPlanner
 from lit_meta.learners.gradient import AdaptedNetwork, GradientMetaLearner, loss_with_gradients
 from lit_meta.learners.maml import MAML
+from lit_meta.learners.mann import MANN
 from lit_meta.learners.matching_net import MatchingNet
 from lit_meta.learners.meta_sgd import MetaSGD
 from lit_meta.learners.metric import MetricClassifier, MetricMetaLearner, Temperature
@@ -23,12 +26,14 @@ from lit_meta.learners.protonet import ProtoNet
 from lit_meta.learners.registry import ENTRY_POINT_GROUP, UnknownLearnerError, registered_learners, resolve_learner
 from lit_meta.learners.relation_net import RelationNet, default_relation_module, relation_embedding
 from lit_meta.learners.reptile import Reptile
+from lit_meta.learners.sequence import SequenceClassifier, SequenceMetaLearner
 from lit_meta.learners.siamese import SiameseNet
 
 __all__ = [
     "ANIL",
     "ENTRY_POINT_GROUP",
     "MAML",
+    "MANN",
     "AdaptedNetwork",
     "ClassScores",
     "ExecutionPlan",
@@ -42,6 +47,8 @@ __all__ = [
     "ProtoNet",
     "RelationNet",
     "Reptile",
+    "SequenceClassifier",
+    "SequenceMetaLearner",
     "SiameseNet",
     "TaskModel",
     "Temperature",

@@ -284,11 +284,18 @@ class MetaLearner(L.LightningModule, ABC):
         outputs = self.head_size()
         if outputs is None or outputs == ways:
             return
-        fix = fix or f"set the backbone's output size to {ways} or the datamodule's ways to {outputs}"
         raise EpisodeConfigError(
-            f"{type(self).__name__} labels exactly {outputs} classes: the backbone's head (its last nn.Linear) "
-            f"has {outputs} outputs but {where}; {fix}"
+            f"{type(self).__name__} labels exactly {outputs} classes: {self.head_origin()} but {where}; "
+            f"{fix or self.head_fix(ways)}"
         )
+
+    def head_origin(self) -> str:
+        """Why the learner labels :meth:`head_size` classes, for :meth:`check_ways`'s message."""
+        return f"the backbone's head (its last nn.Linear) has {self.head_size()} outputs"
+
+    def head_fix(self, ways: int) -> str:
+        """How to make the learner label ``ways`` classes, for :meth:`check_ways`'s message."""
+        return f"set the backbone's output size to {ways} or the datamodule's ways to {self.head_size()}"
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> Tensor:
         loss = self.meta_loss(batch)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_meta.data.episode import EpisodeBatch
-from lit_meta.learners.metric import MetricMetaLearner, class_one_hot, embed_episode
+from lit_meta.learners.embedding import embed_episode
+from lit_meta.learners.metric import MetricMetaLearner, class_one_hot
 
 
 class SiameseNet(MetricMetaLearner):

@@ -251,6 +251,14 @@ class MetaDataset(ABC):
     def split(self, name: SplitName) -> ClassIndexedDataset | TaskDistribution:
         """The meta-train (``"train"``), meta-val (``"val"``) or meta-test (``"test"``) split."""
 
+    def has_split(self, name: SplitName) -> bool:
+        """Whether the family has classes for split ``name``; default ``True``.
+
+        A scheme without validation classes (Omniglot's ``"santoro"``) says ``False`` for
+        ``"val"``: :class:`~lit_meta.data.datamodule.EpisodicDataModule` then skips validation.
+        """
+        return True
+
     def image_preprocessing(self) -> ImagePreprocessing | None:
         """How an image file becomes one of this family's items, or ``None`` if items are not images.
 

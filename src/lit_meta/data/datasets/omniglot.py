@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -30,7 +30,8 @@ from lit_meta.data.preprocessing import ImagePreprocessing, describe_transform
 from lit_meta.data.transforms import decode_image, invert
 from lit_meta.errors import DatasetError
 
-OmniglotSplit = Literal["vinyals", "lake"]
+OmniglotSplit = Literal["vinyals", "lake", "santoro"]
+OMNIGLOT_SPLITS: tuple[OmniglotSplit, ...] = get_args(OmniglotSplit)
 
 # A drawing's path ends in <Alphabet>/characterNN/XXXX_YY.png: XXXX is the global character
 # id (0001-1623), YY the drawer (01-20).
@@ -86,19 +87,31 @@ class Omniglot(MetaDataset):
     * ``"lake"``: the background set is meta-train and the evaluation set meta-test
       (Lake et al., 2015), minus five background alphabets held out for validation
       (``LAKE_VALIDATION_ALPHABETS``, 81 characters): 883 / 81 / 659.
+    * ``"santoro"``: 1200 characters for meta-training and the remaining 423 for
+      meta-testing, with no validation characters, as in Santoro et al. (2016),
+      "Meta-Learning with Memory-Augmented Neural Networks" (ICML), Section 4.1:
+      1200 / 0 / 423. The 423 are the ``"vinyals"`` meta-test characters and the
+      1200 its meta-train and meta-val ones together (the paper's lists are not
+      published either). The paper downscaled the images to 20x20 pixels: pass
+      ``image_size=20`` to match it (the default stays 28). As the paper holds out
+      nothing for validation, :meth:`has_split` is ``False`` for ``"val"`` and
+      :meth:`split` refuses it; :class:`~lit_meta.data.datamodule.EpisodicDataModule`
+      then skips validation.
 
     ``rotations`` (default 0, 90, 180 and 270 degrees) turn every character's rotations
     into new classes (Santoro et al., 2016, "Meta-Learning with Memory-Augmented Neural
     Networks", ICML; Vinyals et al., 2016; Finn et al., 2017, "Model-Agnostic
     Meta-Learning", ICML). They are applied after splitting, so all rotations of a
     character share its split: by default the splits hold 4112 / 688 / 1692 classes
-    (``"vinyals"``). ``(0,)`` disables them; class ids are then the character ids minus
-    one, otherwise ``4 * (character id - 1) + angle // 90``.
+    (``"vinyals"``), 3532 / 324 / 2636 (``"lake"``) or 4800 / 0 / 1692 (``"santoro"``).
+    ``(0,)`` disables them; class ids are then the character ids minus one, otherwise
+    ``4 * (character id - 1) + angle // 90``.
 
     Args:
         root: folder holding (or receiving) the ``omniglot/`` folder.
-        split: ``"vinyals"`` or ``"lake"``, see above.
-        image_size: side of the square images, in pixels.
+        split: ``"vinyals"``, ``"lake"`` or ``"santoro"``, see above.
+        image_size: side of the square images, in pixels (Santoro et al., 2016, used 20;
+            most later work 28).
         rotations: angles (multiples of 90 degrees) whose rotations become classes.
         transform: optional callable applied to each item, a float ``[1, S, S]``
             tensor, after rotation.
@@ -152,8 +165,11 @@ class Omniglot(MetaDataset):
         cache: bool = True,
         precompute_rotations: bool = True,
     ) -> None:
-        if split not in ("vinyals", "lake"):
-            raise DatasetError(f"unknown Omniglot split {split!r}; use 'vinyals' or 'lake'")
+        if split not in OMNIGLOT_SPLITS:
+            raise DatasetError(
+                f"unknown Omniglot split {split!r}; use 'vinyals' (1028 / 172 / 423 characters), "
+                "'lake' (background / evaluation sets) or 'santoro' (1200 / 0 / 423, no validation)"
+            )
         if image_size < 1:
             raise DatasetError(f"image_size must be positive, got {image_size}")
         self.root = Path(root)
@@ -365,11 +381,14 @@ class Omniglot(MetaDataset):
         """Class numbers of :attr:`characters` in meta-train, meta-val and meta-test."""
         characters = self.characters
         num = characters.num_classes
-        if self.split_scheme == "vinyals":
+        if self.split_scheme in ("vinyals", "santoro"):
             total = sum(self.VINYALS_SIZES)
             n_val, n_test = (round(num * size / total) for size in self.VINYALS_SIZES[1:])
             order = np.random.default_rng(self.VINYALS_SPLIT_SEED).permutation(num)
             groups = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+            if self.split_scheme == "santoro":
+                # Santoro et al. (2016) train on all 1200 non-test characters and validate on none.
+                groups = {"test": groups["test"], "val": order[:0], "train": order[n_test:]}
         else:
             assert self._background is not None
             alphabets = np.array([name.split("/", 1)[0] for name in characters.class_names])
@@ -381,11 +400,29 @@ class Omniglot(MetaDataset):
             }
         return {name: np.sort(classes) for name, classes in groups.items()}  # type: ignore[misc]
 
+    def has_split(self, name: SplitName) -> bool:
+        """Whether the split scheme holds out characters for ``name``: ``False`` only for
+        ``"val"`` of ``"santoro"``, which has no validation characters. Reads no files."""
+        return not (self.split_scheme == "santoro" and name == "val")
+
     def split(self, name: SplitName) -> ClassIndexedDataset:
-        """Meta-train (``"train"``), meta-val (``"val"``) or meta-test (``"test"``) characters."""
-        groups = self.split_classes()
-        if name not in groups:
+        """Meta-train (``"train"``), meta-val (``"val"``) or meta-test (``"test"``) characters.
+
+        Raises:
+            DatasetError: for an unknown ``name``, a split the scheme does not have
+                (``"val"`` of ``"santoro"``, see :meth:`has_split`), or a split that a
+                partial release leaves without characters.
+        """
+        if name not in ("train", "val", "test"):
             raise DatasetError(f"unknown split {name!r}; use 'train', 'val' or 'test'")
+        if not self.has_split(name):
+            raise DatasetError(
+                f"Omniglot split={self.split_scheme!r} has no {name} characters: Santoro et al. (2016) train on "
+                f"1200 characters and test on the other 423, holding out none for validation. Use split='vinyals' "
+                f"(1028 / 172 / 423 characters) for a validation split, or do not validate "
+                f"(EpisodicDataModule skips validation by itself for this scheme)"
+            )
+        groups = self.split_classes()
         if len(groups[name]) == 0:
             raise DatasetError(
                 f"the {self.split_scheme!r} {name} split of Omniglot in {self.root} holds no characters "

@@ -1,0 +1,76 @@
+"""The sequence family's base: episodes as sequences through a Trainer, checks before training, metrics."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from lit_meta.data.datamodule import EpisodicDataModule
+from lit_meta.errors import EpisodeConfigError
+from lit_meta.learners.mann import MANN
+from lit_meta.learners.sequence import INSTANCES
+
+from ..conftest import TinyImages
+
+
+def tiny_mann(ways: int = 3) -> MANN:
+    torch.manual_seed(0)
+    return MANN(nn.Flatten(), ways=ways, embedding_dim=64, controller_size=16, memory_slots=8, memory_width=4)
+
+
+def trainer(**kwargs: object) -> L.Trainer:
+    options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return L.Trainer(**{**options, **kwargs})  # type: ignore[arg-type]
+
+
+def datamodule(**kwargs: object) -> EpisodicDataModule:
+    options = dict(ways=3, shots=4, queries=1, meta_batch_size=2, train_episodes=4, val_episodes=2, test_episodes=4)
+    return EpisodicDataModule(TinyImages(), **{**options, **kwargs})  # type: ignore[arg-type]
+
+
+def test_a_learner_that_scores_the_support_refuses_class_major_support_before_training() -> None:
+    model = tiny_mann()
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    with pytest.raises(EpisodeConfigError, match="support_order='random'"):
+        trainer(max_steps=1).fit(model, datamodule(support_order="by_class"))
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+
+def test_episodes_of_other_ways_are_refused_with_the_fix() -> None:
+    with pytest.raises(EpisodeConfigError, match=r"ways=3.*set the learner's ways to 2"):
+        trainer(max_steps=1).fit(tiny_mann(ways=3), datamodule(ways=2, support_order="random"))
+
+
+def test_labels_beyond_the_ways_and_float_targets_are_errors() -> None:
+    model = tiny_mann(ways=3)
+    with pytest.raises(EpisodeConfigError, match=r"labels must lie in 0 \.\. 2"):
+        model.adapt(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(EpisodeConfigError, match="regression"):
+        model.adapt(torch.rand(4, 1, 8, 8), torch.rand(4))
+
+
+def test_a_default_trainer_trains_validates_and_tests_with_accuracy_by_presentation() -> None:
+    """Under Lightning's inference mode; the presentations an episode holds (shots = 4: the 1st to
+    the 4th) are logged with their 95% CI, the others (5th, 10th) are not."""
+    model = tiny_mann()
+    dm = datamodule(support_order="random")
+    trainer(max_steps=2, limit_val_batches=1).fit(model, dm)
+    (results,) = trainer().test(model, dm)
+    for k in INSTANCES:
+        present = k <= 4
+        assert (f"test/acc_instance_{k}" in results) is present
+        assert (f"test/acc_instance_{k}_ci95" in results) is present
+    assert results["test/episodes"] == 4
+    assert 0.0 <= results["test/acc_instance_1"] <= 1.0
+
+
+def test_adapt_reads_a_batch_of_tasks_like_single_tasks() -> None:
+    model = tiny_mann().eval()
+    support_x, query_x = torch.rand(2, 6, 1, 8, 8), torch.rand(2, 3, 1, 8, 8)
+    support_y = torch.tensor([[0, 1, 2, 2, 1, 0], [2, 2, 0, 1, 0, 1]])
+    batched = model.adapt(support_x, support_y)(query_x)
+    for task in range(2):
+        single = model.adapt(support_x[task], support_y[task])(query_x[task])
+        torch.testing.assert_close(batched[task], single)
