@@ -39,6 +39,8 @@ PAPER = {  # test accuracy (%) as published; Vinyals et al. 2016 tabulate Siames
     "relation_net": (99.6, 99.8, 97.6, 99.1),
     "siamese": (97.3, 98.4, 88.1, 97.0),
     "maml": (98.7, 99.9, 95.8, 98.9),
+    "snail": (99.07, 99.78, 97.64, 99.36),  # Mishra et al. 2018, Table 1
+    "metanet": (98.95, None, 97.00, None),  # Munkhdalai & Yu 2017, Table 1 (1-shot only)
 }
 
 
@@ -55,9 +57,14 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
         "--trainer.max_time", f"00:{minutes // 60:02d}:{minutes % 60:02d}:00",
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(save_dir),
+        *(["--data.val_episodes", str(args.val_episodes)] if args.val_episodes else []),
+        *(["--data.test_episodes", str(args.test_episodes)] if args.test_episodes else []),
     ]  # fmt: skip
     start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, env=allocator_environment(args.allocator))
+    env = allocator_environment(args.allocator)
+    if args.threads:
+        env = {**env, "OMP_NUM_THREADS": str(args.threads)}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr[-3000:])
@@ -131,6 +138,9 @@ def main() -> None:
         help="training time per setting: one value for all, or one per --settings entry",
     )  # fmt: skip
     parser.add_argument("--val-every", type=int, default=200, help="training steps between validations")
+    parser.add_argument("--val-episodes", type=int, help="validation episodes; default: the config's")
+    parser.add_argument("--test-episodes", type=int, help="test episodes; default: the config's (600)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (OMP_NUM_THREADS); default: torch's")
     parser.add_argument(
         "--allocator", choices=("glibc", "jemalloc"), default="glibc",
         help="jemalloc (preloaded, page decay off) is ~25%% faster for Conv4 on this CPU",
@@ -146,7 +156,7 @@ def main() -> None:
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, allocator {args.allocator}")
     print(
-        "| learner | setting | test acc (95% CI, 600 episodes) | paper | training budget | training steps "
+        "| learner | setting | test acc (95% CI) | paper | training budget | training steps "
         "| wall time (train + eval) |\n| --- | --- | --- | --- | --- | --- | --- |"
     )
     for learner in args.learners:

@@ -31,7 +31,7 @@ OMNIGLOT_DRAWINGS = 20
 """Drawings of each Omniglot character, so at most ``shots + queries`` per class of an episode."""
 
 # Reptile adapts for 50 steps per evaluated 20-way episode: 10-25 s each on 2 cores.
-SLOW = {"reptile/omniglot_20w1s.yaml", "reptile/omniglot_20w5s.yaml"}
+SLOW = {"reptile/omniglot_20w1s.yaml", "reptile/omniglot_20w5s.yaml", "metanet/omniglot_20w1s.yaml"}
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from lit_meta.learners.maml import MAML
 from lit_meta.learners.mann import MANN
 from lit_meta.learners.matching_net import MatchingNet
 from lit_meta.learners.meta_sgd import MetaSGD
+from lit_meta.learners.metanet import MetaNet
 from lit_meta.learners.metric import MetricClassifier, MetricMetaLearner, Temperature
 from lit_meta.learners.protonet import ProtoNet
 from lit_meta.learners.registry import ENTRY_POINT_GROUP, UnknownLearnerError, registered_learners, resolve_learner
@@ -28,12 +29,14 @@ from lit_meta.learners.relation_net import RelationNet, default_relation_module,
 from lit_meta.learners.reptile import Reptile
 from lit_meta.learners.sequence import SequenceClassifier, SequenceMetaLearner
 from lit_meta.learners.siamese import SiameseNet
+from lit_meta.learners.snail import SNAIL
 
 __all__ = [
     "ANIL",
     "ENTRY_POINT_GROUP",
     "MAML",
     "MANN",
+    "SNAIL",
     "AdaptedNetwork",
     "ClassScores",
     "ExecutionPlan",
@@ -41,6 +44,7 @@ __all__ = [
     "GradientMetaLearner",
     "MatchingNet",
     "MetaLearner",
+    "MetaNet",
     "MetaSGD",
     "MetricClassifier",
     "MetricMetaLearner",

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_meta.data.sequence import LabelInput
-from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners.sequence import SequenceMetaLearner
 
 
@@ -194,18 +193,9 @@ class MANN(SequenceMetaLearner):
         )
         self.classifier = nn.Linear(self.cell.output_size, ways)
 
-    def _check_features(self, sequence: Tensor) -> None:
-        if sequence.shape[-1] != self.embedding_dim + self.ways:
-            raise EpisodeConfigError(
-                f"the backbone embeds each item into {sequence.shape[-1] - self.ways} features but "
-                f"MANN(embedding_dim={self.embedding_dim}); set embedding_dim={sequence.shape[-1] - self.ways} "
-                "or change the backbone or the image size"
-            )
-
     def run(self, sequence: Tensor) -> tuple[Tensor, MemoryState, list[MemoryAccess]]:
         """Reads ``sequence`` ``[tasks, steps, features]`` from the initial state: the logits
         ``[tasks, steps, ways]``, the final state and each step's write addressing."""
-        self._check_features(sequence)
         state = self.cell.initial_state(sequence.shape[0], sequence)
         features, accesses = [], []
         for step in sequence.unbind(1):
@@ -219,7 +209,6 @@ class MANN(SequenceMetaLearner):
         return logits, state._asdict()
 
     def read_queries(self, queries: Tensor, **state: Tensor) -> Tensor:
-        self._check_features(queries)
         tasks, count = queries.shape[:2]
         branched = MemoryState(**{name: value.repeat_interleave(count, dim=0) for name, value in state.items()})
         out, _, _ = self.cell(queries.flatten(0, 1), branched)

@@ -62,7 +62,7 @@ class SequenceClassifier:
     def __call__(self, query_x: Tensor) -> Tensor:
         if self.single_task:
             query_x = query_x.unsqueeze(0)
-        query = embed(self.learner.backbone, query_x, 2).flatten(2)
+        query = self.learner.embed_items(query_x)
         outputs = self.learner.read_queries(self.learner.query_steps(query, self.query_labels), **self.state)
         return outputs.squeeze(0) if self.single_task else outputs
 
@@ -103,6 +103,8 @@ class SequenceMetaLearner(MetaLearner):
         if ways < 2:
             raise ValueError(f"ways={ways}: a sequence learner labels at least 2 classes")
         self.ways = ways
+        self.embedding_dim: int | None = None
+        """Features per item out of the backbone, when the subclass's network is sized for them (checked)."""
         if self.scores_support:
             for stage in ("val", "test"):
                 self.metrics[stage].update({f"acc_instance_{k}": EpisodeMeanCI() for k in INSTANCES})
@@ -137,6 +139,24 @@ class SequenceMetaLearner(MetaLearner):
     def head_fix(self, ways: int) -> str:
         return f"set the learner's ways to {ways} or the datamodule's ways to {self.ways}"
 
+    def embed_items(self, x: Tensor) -> Tensor:
+        """``[tasks, items, *item_shape] -> [tasks, items, features]``: the backbone's flattened embeddings.
+
+        Raises:
+            EpisodeConfigError: the backbone gives another number of features than :attr:`embedding_dim`.
+        """
+        return self._checked(embed(self.backbone, x, 2).flatten(2))
+
+    def _checked(self, embeddings: Tensor) -> Tensor:
+        features = embeddings.shape[-1]
+        if self.embedding_dim is not None and features != self.embedding_dim:
+            raise EpisodeConfigError(
+                f"the backbone embeds each item into {features} features but {type(self).__name__} was built for "
+                f"embedding_dim={self.embedding_dim}; set embedding_dim={features}, or change the backbone or the "
+                "image size"
+            )
+        return embeddings
+
     def query_steps(self, query: Tensor, query_labels: Tensor) -> Tensor:
         """Query embeddings ``[tasks, queries, features]`` joined with the label channel of a query step."""
         return torch.cat([query, query_labels.expand(*query.shape[:-1], self.ways)], dim=-1)
@@ -164,7 +184,7 @@ class SequenceMetaLearner(MetaLearner):
         if single_task:
             support_x, support_y, query_x = support_x.unsqueeze(0), support_y.unsqueeze(0), query_x.unsqueeze(0)
         support, query = embed_episode(self.backbone, support_x, query_x, 2)
-        support, query = support.flatten(2), query.flatten(2)
+        support, query = self._checked(support.flatten(2)), self._checked(query.flatten(2))
         support_labels, query_labels = label_channels(support_y, self.ways, self.label_input, support.dtype)
         support_outputs, state = self.read_support(torch.cat([support, support_labels], dim=-1))
         query_outputs = self.read_queries(self.query_steps(query, query_labels), **state)
@@ -209,7 +229,7 @@ class SequenceMetaLearner(MetaLearner):
         single_task = support_y.dim() == 1
         if single_task:
             support_x, support_y = support_x.unsqueeze(0), support_y.unsqueeze(0)
-        support = embed(self.backbone, support_x, 2).flatten(2)
+        support = self.embed_items(support_x)
         support_labels, query_labels = label_channels(support_y, self.ways, self.label_input, support.dtype)
         _, state = self.read_support(torch.cat([support, support_labels], dim=-1))
         return SequenceClassifier(self, state, query_labels, single_task)

@@ -1,0 +1,241 @@
+"""The sequence learners' Omniglot configs (split ``santoro``: no validation) through the real CLI, in a budget.
+
+Runs ``lit-meta fit --config CONFIG`` for ``--minutes`` of training (``trainer.max_time``),
+logging the training accuracy every 25 steps: the query accuracy (``train/acc``) and, for
+MANN, the accuracy at each presentation of a class (the paper's Figure 2 plots these
+training curves). The split has no validation characters, so these training curves are
+the curves. Then ``lit-meta test`` of the last checkpoint on 600 episodes of the 423 test
+characters; for MANN's own setup (``configs/mann/omniglot_5w10s.yaml``: 5-way episodes of
+10 presentations per class, 20x20 images) that gives the accuracy at the 1st, 2nd, 3rd,
+4th, 5th and 10th presentation (Santoro et al., 2016, Table 1), and a second test gives
+the standard 5-way 1-shot query accuracy (``--data.eval_shots 1``). Prints the figures
+next to the paper's, writes ``<name>_result.json`` and a PNG of the training curves.
+
+    python benchmarks/omniglot_sequence.py --config configs/mann/omniglot_5w10s.yaml --minutes 90
+    python benchmarks/omniglot_sequence.py --config configs/snail/omniglot_5w1s.yaml --minutes 35 \
+        -- --data.meta_batch_size 8 --model.init_args.meta_lr 0.001
+    python benchmarks/omniglot_sequence.py --config configs/mann/omniglot_5w10s.yaml --run-dir /tmp/runs/mann
+
+Arguments after ``--`` go to ``lit-meta fit`` (and are recorded with the command).
+
+``--run-dir`` reports a ``lit-meta fit`` of the config made by hand (its logs and
+``last.ckpt`` under that folder) instead of starting one. Omniglot is read from ``--data``
+(default ``../shared/data``), decoded once into ``--cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+INSTANCES = (1, 2, 3, 4, 5, 10)
+MANN_PAPER = {"MANN": (36.4, 82.8, 91.0, 92.6, 94.9, 98.1), "LSTM": (24.4, 49.5, 55.3, 61.0, 63.6, 62.5)}
+"""Santoro et al. (2016), Table 1, 5-way Omniglot with one-hot labels: accuracy (%) by presentation."""
+PAPER = {  # query accuracy (%) as published
+    "snail/omniglot_5w1s.yaml": 99.07,  # Mishra et al. 2018, Table 1
+    "snail/omniglot_5w5s.yaml": 99.78,
+    "snail/omniglot_20w1s.yaml": 97.64,
+    "snail/omniglot_20w5s.yaml": 99.36,
+}
+PAPER_EPISODES = {"mann/omniglot_5w10s.yaml": 100_000}
+
+
+def config_name(config: Path) -> str:
+    return config.resolve().relative_to(REPO / "configs").as_posix()
+
+
+def data_arguments(config: Path, args: argparse.Namespace) -> list[str]:
+    data = yaml.safe_load(config.read_text())["data"]
+    kwargs = {**(data.get("dataset_kwargs") or {}), "cache_dir": str(args.cache)}
+    return ["--data.root", str(args.data), "--data.dataset_kwargs", json.dumps(kwargs)]
+
+
+def environment(args: argparse.Namespace) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+
+
+def fit(config: Path, run_dir: Path, args: argparse.Namespace) -> tuple[str, float]:
+    command = [
+        "lit-meta", "fit", "--config", str(config), *data_arguments(config, args),
+        "--trainer.max_time", f"00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.log_every_n_steps", "25",
+        "--trainer.enable_progress_bar", "false",
+        "--test_after_fit", "false",
+        *args.fit_arguments,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=environment(args))
+    return shlex.join(command), time.perf_counter() - start
+
+
+def versions(folder: Path) -> list[Path]:
+    return sorted((folder / "lightning_logs").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
+
+
+def training_curve(run_dir: Path) -> list[dict[str, float]]:
+    """The logged training rows of the fit (the first version under ``run_dir``)."""
+    with open(versions(run_dir)[0] / "metrics.csv") as file:
+        return [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(file) if r.get("train/acc")]
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    found = sorted(run_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"no checkpoint under {run_dir}")
+    return found[-1]
+
+
+def test(config: Path, checkpoint: Path, save_dir: Path, extra: list[str], args: argparse.Namespace) -> dict:
+    """``lit-meta test`` of ``checkpoint`` with ``extra`` arguments: its logged test metrics and command."""
+    command = [
+        "lit-meta", "test", "--config", str(config), *data_arguments(config, args), *extra,
+        "--ckpt_path", str(checkpoint),
+        "--trainer.default_root_dir", str(save_dir),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, env=environment(args))
+    with open(versions(save_dir)[-1] / "metrics.csv") as file:
+        (row,) = [r for r in csv.DictReader(file) if r.get("test/acc")]
+    metrics = {key: float(value) for key, value in row.items() if key.startswith("test/") and value}
+    return {**metrics, "command": shlex.join(command)}
+
+
+def episodes_per_step(config: dict, fit_command: list[str]) -> int:
+    """The meta-batch size of the fit: the command's ``--data.meta_batch_size`` or the config's."""
+    for i, word in enumerate(fit_command):
+        if word == "--data.meta_batch_size":
+            return int(fit_command[i + 1])
+        if word.startswith("--data.meta_batch_size="):
+            return int(word.split("=", 1)[1])
+    return int(config["data"].get("meta_batch_size", 32))
+
+
+def ordinal(k: int) -> str:
+    return f"{k}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(k, 'th') }"
+
+
+def moving_mean(values: list[float], window: int) -> list[float]:
+    return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve, per_step = result["curve"], result["episodes_per_step"]
+    episodes = [per_step * (r["step"] + 1) for r in curve]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    window = 8  # logged points: 200 steps
+    if "train/acc_instance_1" in curve[0]:
+        for k in (1, 2, 3, 5, 10):
+            line = ax.plot(episodes, moving_mean([100 * r[f"train/acc_instance_{k}"] for r in curve], window))
+            line[0].set_label(f"{ordinal(k)} presentation")
+            paper = MANN_PAPER["MANN"][INSTANCES.index(k)]
+            ax.axhline(paper, color=line[0].get_color(), linestyle=":", linewidth=0.8)
+    else:
+        ax.plot(episodes, moving_mean([100 * r["train/acc"] for r in curve], window), label="query accuracy")
+        if result.get("paper") is not None:
+            ax.axhline(result["paper"], color="grey", linestyle=":", linewidth=0.8, label="paper (test)")
+    test_acc = 100 * result["test"]["test/acc"]
+    ax.set_xlabel(f"training episodes ({per_step} per step)")
+    ax.set_ylabel(f"training accuracy (%), moving mean of {window * 25} steps")
+    ax.set_title(f"{result['config']} on Omniglot, 2-core CPU (test: {test_acc:.1f}%; dotted: paper)", fontsize=9)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.text(0.01, 0.01, result["fit_command"][-200:], fontsize=4.5, color="grey")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=100)
+
+
+def report(result: dict) -> None:
+    steps, per_step = result["steps"], result["episodes_per_step"]
+    paper_episodes = PAPER_EPISODES.get(result["config"])
+    along = (
+        f" ({100 * steps * per_step / paper_episodes:.0f}% of the paper's {paper_episodes:,})" if paper_episodes else ""
+    )
+    print(f"{result['config']}: {steps} steps = {steps * per_step:,} episodes{along}, {result['machine']}")
+    test = result["test"]
+    if "test/acc_instance_1" in test:
+        print("presentation   " + "  ".join(f"{ordinal(k):>13}" for k in INSTANCES))
+        print("lit-meta       " + "  ".join(
+            f"{100 * test[f'test/acc_instance_{k}']:6.1f} ± {100 * test[f'test/acc_instance_{k}_ci95']:4.1f}"
+            for k in INSTANCES
+        ))  # fmt: skip
+        for name, row in MANN_PAPER.items():
+            print(f"paper {name:<8} " + "  ".join(f"{value:>13.1f}" for value in row))
+    print(
+        f"query accuracy: {100 * test['test/acc']:.2f} ± {100 * test['test/acc_ci95']:.2f} (paper: {result['paper']})"
+    )
+    if "one_shot" in result:
+        one_shot = result["one_shot"]
+        print(f"5-way 1-shot query accuracy: {100 * one_shot['test/acc']:.2f} ± {100 * one_shot['test/acc_ci95']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--minutes", type=int, default=90, help="training time")
+    parser.add_argument("--run-dir", type=Path, help="report this run of the config instead of starting one")
+    parser.add_argument("--fit-command", default="", help="with --run-dir: the command that made it, to record")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (OMP_NUM_THREADS)")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/lit-meta-omniglot-cache"))
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from the saved result")
+    parser.add_argument("fit_arguments", nargs="*", help="after --: more lit-meta fit arguments")
+    args = parser.parse_args()
+    name = config_name(args.config).removesuffix(".yaml").replace("/", "_")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result_path = args.out / f"{name}_result.json"
+    png = args.out / f"omniglot_{name}_curves.png"
+    if args.plot_only:
+        plot(json.loads(result_path.read_text()), png)
+        return
+    run_dir = args.run_dir or args.out / "logs" / name
+    if args.run_dir is None:
+        fit_command, wall = fit(args.config, run_dir, args)
+    else:
+        fit_command, wall = args.fit_command, float("nan")
+    curve = training_curve(run_dir)
+    config = yaml.safe_load(args.config.read_text())
+    per_step = episodes_per_step(config, shlex.split(fit_command))
+    checkpoint = last_checkpoint(run_dir)
+    result = {
+        "config": config_name(args.config),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "fit_command": fit_command,
+        "fit_wall_s": wall,
+        "episodes_per_step": per_step,
+        "steps": int(max(r["step"] for r in curve)) + 1,
+        "paper": PAPER.get(config_name(args.config)),
+        "test": test(args.config, checkpoint, args.out / "logs" / f"{name}_test", [], args),
+        "curve": curve,
+    }
+    if config_name(args.config).startswith("mann/"):
+        extra = ["--data.eval_shots", "1", "--data.eval_queries", "15"]
+        result["one_shot"] = test(args.config, checkpoint, args.out / "logs" / f"{name}_test_5w1s", extra, args)
+    result_path.write_text(json.dumps(result, indent=1))
+    report(result)
+    try:
+        plot(result, png)
+    except ImportError:
+        sys.stderr.write("matplotlib is not installed: no PNG (rerun with --plot-only where it is)\n")
+
+
+if __name__ == "__main__":
+    main()
