@@ -1,6 +1,9 @@
-"""The sequence family's base: episodes as sequences through a Trainer, checks before training, metrics."""
+"""The sequence family's base: episodes as sequences through a Trainer, checks before training, metrics;
+the model-based learners (MANN, SNAIL, MetaNet) under bf16-mixed and DDP."""
 
 from __future__ import annotations
+
+import math
 
 import lightning as L
 import pytest
@@ -9,8 +12,11 @@ from torch import nn
 
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.errors import EpisodeConfigError
+from lit_meta.learners.base import MetaLearner
 from lit_meta.learners.mann import MANN
+from lit_meta.learners.metanet import MetaNet
 from lit_meta.learners.sequence import INSTANCES
+from lit_meta.learners.snail import SNAIL
 
 from ..conftest import TinyImages
 
@@ -74,3 +80,55 @@ def test_adapt_reads_a_batch_of_tasks_like_single_tasks() -> None:
     for task in range(2):
         single = model.adapt(support_x[task], support_y[task])(query_x[task])
         torch.testing.assert_close(batched[task], single)
+
+
+def model_based(name: str) -> MetaLearner:
+    """A tiny model-based learner for 3-way TinyImages (1x8x8) episodes, the same weights every call."""
+    torch.manual_seed(0)
+    if name == "MANN":
+        return tiny_mann()
+    if name == "SNAIL":
+        return SNAIL(nn.Flatten(), ways=3, max_shots=4, embedding_dim=64, filters=4, attention_sizes=((5, 3), (6, 4)))
+    return MetaNet(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3)))
+
+
+MODEL_BASED = ["MANN", "SNAIL", "MetaNet"]
+
+
+@pytest.mark.parametrize("name", MODEL_BASED)
+def test_bf16_mixed_precision_on_cpu(name: str) -> None:
+    model = model_based(name)
+    dm = datamodule(support_order="random")
+    trainer(fast_dev_run=2, precision="bf16-mixed").fit(model, dm)
+    (scores,) = trainer(precision="bf16-mixed").test(model, dm, verbose=False)
+    assert math.isfinite(scores["test/loss"]) and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class SaveWeightsAtEnd(L.Callback):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_rank == 0:
+            torch.save([p.detach() for p in pl_module.parameters()], self.path)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if n != "MANN" else []) for n in MODEL_BASED]
+)
+def test_ddp_step_equals_one_process_with_all_tasks(tmp_path, name: str) -> None:
+    """Two CPU ranks with 2 tasks each take the same SGD step as one process with the 4 tasks: every
+    parameter takes part in the loss (DDP would wait for any that does not) and ranks draw other tasks."""
+    settings = dict(support_order="random", train_episodes=4)
+    weights = {}
+    for run, options in {"single": {}, "ddp": dict(accelerator="cpu", devices=2, strategy="ddp_spawn")}.items():
+        model = model_based(name)
+        model.hparams.meta_optimizer, model.hparams.meta_lr = "sgd", 1.0
+        path = str(tmp_path / f"{run}.pt")
+        t = trainer(max_steps=1, limit_val_batches=0, callbacks=[SaveWeightsAtEnd(path)], **options)
+        t.fit(model, datamodule(meta_batch_size=4 if run == "single" else 2, **settings))
+        weights[run] = torch.load(path)
+    initial = [p.detach() for p in model_based(name).parameters()]
+    for a, b in zip(weights["single"], weights["ddp"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(p0, a) for p0, a in zip(initial, weights["single"], strict=True))
