@@ -70,6 +70,7 @@ def fit(config: Path, run_dir: Path, args: argparse.Namespace) -> tuple[str, flo
         "lit-meta", "fit", "--config", str(config), *data_arguments(config, args),
         "--trainer.max_time", f"00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00",
         "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger.init_args.save_dir", str(run_dir),
         "--trainer.log_every_n_steps", "25",
         "--trainer.enable_progress_bar", "false",
         "--test_after_fit", "false",
@@ -85,9 +86,16 @@ def versions(folder: Path) -> list[Path]:
 
 
 def training_curve(run_dir: Path) -> list[dict[str, float]]:
-    """The logged training rows of the fit (the first version under ``run_dir``)."""
-    with open(versions(run_dir)[0] / "metrics.csv") as file:
-        return [{k: float(v) for k, v in r.items() if v} for r in csv.DictReader(file) if r.get("train/acc")]
+    """The logged training rows of the fit under ``run_dir``, of every version (a fit resumed from a
+    checkpoint logs into a new one), by step."""
+    rows: dict[float, dict[str, float]] = {}
+    for version in versions(run_dir):
+        if (version / "metrics.csv").exists():
+            with open(version / "metrics.csv") as file:
+                for r in csv.DictReader(file):
+                    if r.get("train/acc"):
+                        rows[float(r["step"])] = {k: float(v) for k, v in r.items() if v}
+    return [rows[step] for step in sorted(rows)]
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -103,6 +111,7 @@ def test(config: Path, checkpoint: Path, save_dir: Path, extra: list[str], args:
         "lit-meta", "test", "--config", str(config), *data_arguments(config, args), *extra,
         "--ckpt_path", str(checkpoint),
         "--trainer.default_root_dir", str(save_dir),
+        "--trainer.logger.init_args.save_dir", str(save_dir),
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     subprocess.run(command, check=True, env=environment(args))
@@ -202,7 +211,7 @@ def main() -> None:
     name = config_name(args.config).removesuffix(".yaml").replace("/", "_")
     args.out.mkdir(parents=True, exist_ok=True)
     result_path = args.out / f"{name}_result.json"
-    png = args.out / f"omniglot_{name}_curves.png"
+    png = args.out / f"{name}_curves.png"
     if args.plot_only:
         plot(json.loads(result_path.read_text()), png)
         return
