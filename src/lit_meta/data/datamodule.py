@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from lit_meta.data.datasets import MetaDataset, build_dataset
 from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName, TaskDistribution
 from lit_meta.data.episode import EpisodeDataset, collate_episodes
-from lit_meta.data.sampler import SUPPORT_ORDERS, EpisodeSampler, EpisodeShape, SupportOrder
+from lit_meta.data.sampler import EpisodeSampler, EpisodeShape, SupportOrder, check_support_order
 from lit_meta.errors import DatasetError, EpisodeConfigError
 
 
@@ -108,11 +108,7 @@ class EpisodicDataModule(L.LightningDataModule):
             )
         if num_workers < 0:
             raise EpisodeConfigError(f"num_workers={num_workers}: use 0 (load in the main process) or more")
-        if support_order not in SUPPORT_ORDERS:
-            raise EpisodeConfigError(
-                f"support_order={support_order!r}: expected one of {SUPPORT_ORDERS} "
-                "('random' for learners that read the support as a sequence)"
-            )
+        check_support_order(support_order)
         # Episode shapes are checked here so a bad config fails before any data is read.
         self.shapes: dict[SplitName, EpisodeShape] = {
             "train": EpisodeShape(train_ways or ways, train_shots or shots, train_queries or queries),
@@ -132,7 +128,7 @@ class EpisodicDataModule(L.LightningDataModule):
         }
         self.splits: dict[SplitName, ClassIndexedDataset | TaskDistribution] = {}
         self.samplers: dict[SplitName, EpisodeSampler] = {}
-        self.empty_splits: set[SplitName] = set()  # splits without classes (see has_split): no sampler
+        self.empty_splits: set[SplitName] = set()  # splits without classes (the dataset's has_split): no sampler
         self._pending_sampler_state: dict[str, Any] = {}
         self._limit_val_batches: int | float | None = None  # the Trainer's own, while validation is off
 
@@ -151,7 +147,7 @@ class EpisodicDataModule(L.LightningDataModule):
         for split in wanted:
             if split in self.samplers or split in self.empty_splits:
                 continue
-            if not self.has_split(split):
+            if not self.dataset.has_split(split):
                 self.empty_splits.add(split)
                 continue
             self.splits[split] = self.dataset.split(split)
@@ -179,10 +175,6 @@ class EpisodicDataModule(L.LightningDataModule):
         if self._limit_val_batches is not None and self.trainer is not None:
             self.trainer.limit_val_batches = self._limit_val_batches
         self._limit_val_batches = None
-
-    def has_split(self, split: SplitName) -> bool:
-        """Whether the dataset has classes for ``split`` (:meth:`~lit_meta.data.datasets.MetaDataset.has_split`)."""
-        return self.dataset.has_split(split)
 
     def episode_loader(self, split: SplitName) -> DataLoader:
         """A plain :class:`~torch.utils.data.DataLoader` of episode batches from ``split``.

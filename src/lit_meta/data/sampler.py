@@ -18,6 +18,15 @@ SupportOrder = Literal["by_class", "random"]
 SUPPORT_ORDERS: tuple[SupportOrder, ...] = get_args(SupportOrder)
 
 
+def check_support_order(support_order: str) -> None:
+    """Raises :class:`~lit_meta.errors.EpisodeConfigError` unless ``support_order`` is one of :data:`SUPPORT_ORDERS`."""
+    if support_order not in SUPPORT_ORDERS:
+        raise EpisodeConfigError(
+            f"support_order={support_order!r}: expected one of {SUPPORT_ORDERS} "
+            "('random' for learners that read the support as a sequence)"
+        )
+
+
 @dataclass(frozen=True)
 class EpisodeShape:
     """How many classes (``ways``), labelled examples per class (``shots``) and
@@ -131,11 +140,7 @@ class EpisodeSampler(DistributedSampler):  # type: ignore[type-arg]
         rank: int | None = None,
         support_order: SupportOrder = "by_class",
     ) -> None:
-        if support_order not in SUPPORT_ORDERS:
-            raise EpisodeConfigError(
-                f"support_order={support_order!r}: expected one of {SUPPORT_ORDERS} "
-                "('random' for learners that read the support as a sequence)"
-            )
+        check_support_order(support_order)
         if num_episodes < 1:
             raise EpisodeConfigError(f"num_episodes={num_episodes}: a split needs at least one episode per epoch")
         if split not in SPLIT_NAMES:

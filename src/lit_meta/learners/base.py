@@ -242,6 +242,15 @@ class MetaLearner(L.LightningModule, ABC):
             return F.mse_loss(outputs, targets)
         return F.cross_entropy(outputs, targets)
 
+    def require_class_labels(self, labels: Tensor) -> None:
+        """Raises :class:`~lit_meta.errors.EpisodeConfigError` for float targets: a learner that only classifies
+        was given a regression task."""
+        if labels.is_floating_point():
+            raise EpisodeConfigError(
+                f"{type(self).__name__} classifies, but the support targets are {labels.dtype} "
+                "(a regression task); use integer labels 0 .. ways-1"
+            )
+
     def adaptation_steps(self) -> int | None:
         """Gradient steps :meth:`adapt` takes by default; ``None`` when it adapts without steps."""
         return None

@@ -17,7 +17,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from lit_meta.data.episode import EpisodeBatch
-from lit_meta.errors import EpisodeConfigError
 from lit_meta.functional import task_buffers
 from lit_meta.learners.base import ClassScores, MetaLearner
 
@@ -175,7 +174,7 @@ class MetaNet(MetaLearner):
             update_statistics: whether BatchNorm layers in training mode may update their
                 running statistics (meta-training); :meth:`adapt` passes ``False``.
         """
-        _check_labels(support_y)
+        self.require_class_labels(support_y)
         chosen = self._representation_indices(len(support_x), support_x.device)
         representation_gradients = example_gradients(
             self.representation, _names(self._task_layers), support_x[chosen], support_y[chosen]
@@ -572,11 +571,3 @@ def _names(layers: Sequence[AugmentedLayer]) -> list[str]:
 def _statistics(network: nn.Module, update: bool) -> dict[str, Tensor | None]:
     """The buffers of an augmented pass: the module's own, unless it is training and must not update them."""
     return task_buffers(network) if network.training and not update else {}
-
-
-def _check_labels(labels: Tensor) -> None:
-    if labels.is_floating_point():
-        raise EpisodeConfigError(
-            f"MetaNet classifies, but the support targets are {labels.dtype} (a regression task); "
-            "use integer labels 0 .. ways-1"
-        )

@@ -162,11 +162,7 @@ class SequenceMetaLearner(MetaLearner):
         return torch.cat([query, query_labels.expand(*query.shape[:-1], self.ways)], dim=-1)
 
     def _check_labels(self, support_y: Tensor) -> None:
-        if support_y.is_floating_point():
-            raise EpisodeConfigError(
-                f"{type(self).__name__} classifies, but the support targets are {support_y.dtype} "
-                "(a regression task); use integer labels 0 .. ways-1"
-            )
+        self.require_class_labels(support_y)
         if support_y.numel() and (int(support_y.min()) < 0 or int(support_y.max()) >= self.ways):
             raise EpisodeConfigError(
                 f"support labels {int(support_y.min())} .. {int(support_y.max())} do not fit "
