@@ -9,9 +9,10 @@ one file plus one config, and both tests below cover it without an edit:
   config says ``test_after_fit``) and writes a checkpoint; the checkpoint loads as its
   learner with ``weights_only=True``, every weight restored; the loaded learner adapts
   to a fresh meta-test episode; ``lit-meta test`` reports the test metric with its 95% CI;
-  and ``lit-meta adapt`` labels a folder of query images (image classification only).
+  and ``lit-meta adapt`` labels a folder of query images (image classification only, so not on features).
 
-Omniglot configs run on the procedural glyphs, as in ``tests/cli/test_configs.py``. Every run
+Omniglot configs run on the procedural glyphs, and configs on ``dataset: features`` on features
+of the glyphs, as in ``tests/cli/test_configs.py``. Every run
 is shrunk on the command line: one query per class, one task per step, one validation and two
 test episodes, gradient learners on the reference ``execution="loop"`` path and adapting with one
 step (``eval_inner_steps=1``). Each config then takes 2-7 s on 2 CPU cores (MAML 20-way 5-shot,
@@ -34,7 +35,16 @@ from lit_meta.adaptation import CSV_COLUMNS
 from lit_meta.cli import init_arguments, main
 from lit_meta.data.episode import Episode
 from lit_meta.learners.registry import registered_learners, resolve_learner
-from tests.cli.test_configs import CONFIGS, SLOW, config_id, data_args, glyph_kwargs, glyph_root, load
+from tests.cli.test_configs import (
+    CONFIGS,
+    SLOW,
+    config_id,
+    data_args,
+    glyph_features,
+    glyph_kwargs,
+    glyph_root,
+    load,
+)
 
 __all__ = ["glyph_root"]  # the session's glyph cache, a fixture shared with tests/cli/test_configs.py
 
@@ -67,6 +77,8 @@ def small_data(config: dict[str, Any], glyph_root: Path) -> dict[str, Any]:
         small.update(dataset="glyphs", root=str(glyph_root), dataset_kwargs=glyph_kwargs(data) or None)
     elif data.get("dataset") == "glyphs" and data.get("root") is None and not data.get("dataset_kwargs"):
         small.update(root=str(glyph_root))  # the session's cache of the default glyphs, not ~/.cache
+    elif data.get("dataset") == "features":
+        small.update(root=str(glyph_features(glyph_root, config)))
     return small
 
 
@@ -188,8 +200,9 @@ def test_config_fits_checkpoints_loads_tests_and_adapts(
     assert metric in logged and f"{metric}_ci95" in logged, logged
     assert logged["test/episodes"] == SMALL_DATA["test_episodes"], logged
 
-    # lit-meta adapt labels the images of a new task; regression (sinusoid) tasks are not images: skipped
-    if regression:
+    # lit-meta adapt labels the images of a new task; items that are not images (sinusoid regression
+    # tasks, feature vectors) are skipped
+    if episode.support_x.dim() != 4:
         return
     support, query = write_task_folders(episode, tmp_path / "task")
     output = tmp_path / "predictions.csv"

@@ -5,7 +5,8 @@
 :class:`~lit_meta.learners.MetaLearner` (``model.class_path``) and the data any
 :class:`~lit_meta.data.EpisodicDataModule` (the default ``data.class_path``), so
 every constructor argument is a validated YAML key. ``lit-meta adapt`` labels the
-images of a new task with a trained checkpoint (:mod:`lit_meta.adaptation`).
+images of a new task with a trained checkpoint (:mod:`lit_meta.adaptation`);
+``lit-meta embed`` writes its backbone's features of a dataset (:mod:`lit_meta.feature_export`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def _description() -> str:
         "  lit-meta test --config CONFIG --ckpt_path CKPT     evaluate: accuracy with its 95% CI\n"
         "  lit-meta adapt --ckpt_path CKPT --support DIR --query DIR\n"
         "                                                     label new images from a few examples\n"
-        "                                                     (see lit-meta adapt --help)"
+        "                                                     (see lit-meta adapt --help)\n"
+        "  lit-meta embed --ckpt_path CKPT --output FILE.npz  write the backbone's features of every item,\n"
+        "                                                     for data.dataset: features (lit-meta embed --help)"
     )
 
 
@@ -223,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lit_meta.adaptation import main as adapt_main
 
         return adapt_main(given[1:])
+    if given[:1] == ["embed"]:
+        from lit_meta.feature_export import main as embed_main
+
+        return embed_main(given[1:])
     if given[:1] == ["--version"]:
         print(f"lit-meta {__version__}")
         return 0

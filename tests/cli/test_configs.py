@@ -3,7 +3,8 @@
 Every config runs through ``lit-meta fit``, ``test`` and ``adapt`` in the registry's
 contract test (``tests/test_contract.py``), on embedded data: Omniglot configs run on
 the procedural glyphs (also ``[1, 28, 28]`` images, 1,000 meta-train classes of 20
-drawings), so nothing is downloaded. The helpers for that live here; the tests here
+drawings), and configs on pre-computed features (``dataset: features``) on features of
+the glyphs (:func:`glyph_features`), so nothing is downloaded. The helpers for that live here; the tests here
 check what the configs promise beyond a run (episodes that fit Omniglot's 20 drawings,
 the help text, errors for misspelled keys).
 """
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
+from lit_meta.backbones.mlp import MLP
 from lit_meta.cli import main
 from lit_meta.data.datamodule import EpisodicDataModule
-from lit_meta.data.datasets import DATASETS, Omniglot, ProceduralGlyphs
+from lit_meta.data.datasets import DATASETS, FeaturesDataset, Omniglot, ProceduralGlyphs
+from lit_meta.feature_export import embed_dataset
 from lit_meta.learners import registered_learners
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -57,6 +61,36 @@ def glyph_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("glyphs")
     ProceduralGlyphs(root=str(root)).prepare()
     return root
+
+
+FEATURE_DIM = 64
+"""Size of the glyph features configs on ``dataset: features`` run with, unless the learner's
+``embedding_dim`` asks for another (a Conv4 embeds 28x28 images in 64)."""
+
+
+def glyph_features(glyph_root: Path, config: dict[str, Any] | None = None) -> Path:
+    """A features file of the session's glyphs, for a config whose dataset is ``features``: made on first use.
+
+    The vectors are as wide as the config's learner says (``model.init_args.embedding_dim``),
+    else :data:`FEATURE_DIM`. The "backbone" is a random projection of the pixels followed by
+    a ReLU (an MLP with one hidden layer), which embeds the 25,000 glyphs in about a second;
+    a random Conv4 takes many.
+    """
+    dim = int(((config or {}).get("model", {}).get("init_args") or {}).get("embedding_dim") or FEATURE_DIM)
+    path = glyph_root / f"features-{dim}.npz"
+    if not path.is_file():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            network = MLP(28 * 28, hidden=[dim], out_features=None)
+        embed_dataset(network, ProceduralGlyphs(root=str(glyph_root)), batch_size=4096).save(path)
+    return path
+
+
+def test_glyph_features_serve_the_glyph_splits(glyph_root: Path) -> None:
+    features, glyphs = FeaturesDataset(glyph_features(glyph_root)), ProceduralGlyphs(root=str(glyph_root))
+    assert features.feature_dim == FEATURE_DIM
+    for split in ("train", "val", "test"):
+        assert features.split(split).class_ids.tolist() == glyphs.split(split).class_ids.tolist()
 
 
 def glyph_kwargs(data: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from lit_meta.data.datasets.base import (
     TaskDistribution,
     TensorClassDataset,
 )
+from lit_meta.data.datasets.features import FeaturesDataset
 from lit_meta.data.datasets.glyphs import ProceduralGlyphs
 from lit_meta.data.datasets.image_folder import ImageFolder
 from lit_meta.data.datasets.omniglot import Omniglot
@@ -24,6 +25,7 @@ DATASETS: dict[str, type[MetaDataset]] = {
     "omniglot": Omniglot,
     "image_folder": ImageFolder,
     "glyphs": ProceduralGlyphs,
+    "features": FeaturesDataset,
 }
 """Registered dataset families by name, as accepted by :func:`build_dataset`."""
 
@@ -31,8 +33,8 @@ DATASETS: dict[str, type[MetaDataset]] = {
 def build_dataset(name: str, root: str | None = None, **kwargs: Any) -> MetaDataset:
     """Instantiate a registered dataset family by name.
 
-    ``root`` is passed to families that read or download files; embedded ones
-    (sinusoid) ignore it.
+    ``root`` is passed to families that read or download files (for ``"features"``,
+    the ``.npz`` file itself); embedded ones (sinusoid) ignore it.
     """
     key = name.lower().replace("-", "_")
     if key not in DATASETS:
@@ -47,6 +49,7 @@ __all__ = [
     "DATASETS",
     "ClassIndexedDataset",
     "ClassSubset",
+    "FeaturesDataset",
     "ImageFolder",
     "MetaDataset",
     "Omniglot",
