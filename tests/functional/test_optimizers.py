@@ -15,9 +15,11 @@ from lit_meta.functional import (
     adapt,
     adaptable_parameters,
     apply_updates,
+    batched_adapt_and_score,
     functional_forward,
     sgd,
     sgd_step,
+    task_buffers,
 )
 from tests.functional.conftest import make_tasks, run_task, tiny_mlp
 
@@ -214,3 +216,66 @@ def test_adapt_takes_exactly_one_of_step_size_and_optimizer(choice):
     params = adaptable_parameters(tiny_mlp())
     with pytest.raises(ValueError, match=r"exactly one of step_size= .* and optimizer="):
         adapt(lambda p: p["head.bias"].sum(), params, steps=1, **choice)
+
+
+def halving_steps() -> tuple[InnerOptimizer, list]:
+    """Gradient descent with rate 0.1 / 2^step, written with the three-argument ``update`` of before
+    ``takes_loss``; ``calls`` records the arguments of every update."""
+    calls = []
+
+    def update(grads, step, params):
+        calls.append((grads, step, params))
+        return {n: -(0.1 / 2**step) * g for n, g in grads.items()}, step + 1
+
+    return InnerOptimizer(lambda params: 0, update), calls
+
+
+@pytest.mark.parametrize("path", ["per_task", "batched"])
+def test_a_three_argument_inner_optimizer_still_works(path):
+    net = tiny_mlp()
+    tasks = make_tasks(2, (4,))
+    optimizer, calls = halving_steps()
+    assert optimizer.takes_loss is False
+    if path == "per_task":
+        task = tuple(t[0] for t in tasks)
+        adapted = run_task(net, task, steps=3, optimizer=optimizer).params
+        expected = run_task(net, task, steps=3, step_size=[0.1, 0.05, 0.025]).params
+    else:
+        common = (net, adaptable_parameters(net), task_buffers(net), F.cross_entropy, *tasks)
+        adapted = batched_adapt_and_score(*common, steps=3, optimizer=optimizer).params
+        expected = batched_adapt_and_score(*common, steps=3, step_size=[0.1, 0.05, 0.025]).params
+    assert len(calls) == 3
+    for name, p in expected.items():
+        torch.testing.assert_close(adapted[name], p, rtol=1e-12, atol=1e-14)
+
+
+def loss_scaled_descent() -> tuple[InnerOptimizer, list[Tensor]]:
+    """``theta - 0.1 * loss * grad``: an optimiser that reads the support loss; ``seen`` records the losses."""
+    seen: list[Tensor] = []
+
+    def update(grads, step, params, loss):
+        seen.append(loss)
+        return {n: -0.1 * loss * g for n, g in grads.items()}, step + 1
+
+    return InnerOptimizer(lambda params: 0, update, takes_loss=True), seen
+
+
+def test_an_optimizer_that_takes_the_loss_reads_the_detached_support_loss_of_each_step():
+    net = tiny_mlp()
+    task = one_task()
+    optimizer, seen = loss_scaled_descent()
+    result = run_task(net, task, steps=3, optimizer=optimizer)
+    assert len(seen) == 3 and not any(loss.requires_grad for loss in seen)
+    torch.testing.assert_close(torch.stack(seen), result.support_losses, rtol=0, atol=0)
+
+
+def test_under_vmap_an_optimizer_that_takes_the_loss_reads_its_own_tasks_loss():
+    net = tiny_mlp()
+    tasks = make_tasks(2, (4,))
+    common = (net, adaptable_parameters(net), task_buffers(net), F.cross_entropy, *tasks)
+    batched = batched_adapt_and_score(*common, steps=3, optimizer=loss_scaled_descent()[0], first_order=True)
+    for index in range(2):
+        task = tuple(t[index] for t in tasks)
+        alone = run_task(net, task, steps=3, optimizer=loss_scaled_descent()[0], first_order=True)
+        for name, p in alone.params.items():
+            torch.testing.assert_close(batched.params[name][index], p, rtol=1e-12, atol=1e-14)

@@ -4,6 +4,8 @@
   sees, and the functional forward pass.
 - :mod:`~lit_meta.functional.optimizers`: inner optimisers as pure ``(init, update)``
   pairs: SGD (fixed, learned or per-step rates) and Adam.
+- :mod:`~lit_meta.functional.meta_lstm`: the Meta-learner LSTM (Ravi & Larochelle, 2017),
+  a learned inner optimiser whose cell state is the learner's parameters.
 - :mod:`~lit_meta.functional.inner_loop`: the inner loop, first or second order.
 - :mod:`~lit_meta.functional.adapt_and_score`: adapt on one task's support set, score its
   query set (the reference path).
@@ -23,6 +25,7 @@ from lit_meta.functional.batch_norm import task_batch_norm
 from lit_meta.functional.batched import batched_adapt_and_score, batched_task_loss
 from lit_meta.functional.compiled import QueryForward, query_forward
 from lit_meta.functional.inner_loop import AdaptResult, adapt, check_finite_losses
+from lit_meta.functional.meta_lstm import MetaLSTMOptimizer, MetaLSTMState
 from lit_meta.functional.optimizers import InnerOptimizer, StepSize, adam, apply_updates, sgd, sgd_step
 from lit_meta.functional.params import (
     BatchNormStatistics,
@@ -37,6 +40,8 @@ __all__ = [
     "BatchNormStatistics",
     "Criterion",
     "InnerOptimizer",
+    "MetaLSTMOptimizer",
+    "MetaLSTMState",
     "QueryForward",
     "ScoredTask",
     "StepSize",

@@ -79,7 +79,9 @@ def adapt(
             rates, Antoniou et al., 2019).
         optimizer: the inner optimiser, e.g.
             :func:`~lit_meta.functional.optimizers.adam`; give exactly one of
-            ``step_size`` and ``optimizer``.
+            ``step_size`` and ``optimizer``. One whose ``takes_loss`` is set
+            also reads the detached support loss at every step (the
+            Meta-learner LSTM, :mod:`~lit_meta.functional.meta_lstm`).
         first_order: drop the second-order terms.
         inner_params: names of the parameters to update (ANIL: the head's); the
             others are used as they are, still differentiable for the outer
@@ -157,6 +159,8 @@ def inner_loop(
 ) -> AdaptResult:
     """The loop shared by :func:`adapt` and the batched path, which differ only in how they differentiate.
 
+    Each step asks ``optimizer.update`` for the updates at the current parameters;
+    an optimiser with ``takes_loss`` also gets the detached support loss there.
     ``detach_each_step`` cuts the graph of the parameters and of the optimiser
     state between steps (no outer gradient wanted), so memory stays that of one step.
 
@@ -174,7 +178,11 @@ def inner_loop(
     for _ in range(steps):
         grads, loss = differentiate(loss_fn, params, names, create_graph)
         losses.append(loss.detach())
-        updates, state = optimizer.update(grads, state, {n: params[n] for n in names})
+        current = {n: params[n] for n in names}
+        if optimizer.takes_loss:
+            updates, state = optimizer.update(grads, state, current, loss.detach())
+        else:
+            updates, state = optimizer.update(grads, state, current)
         params = apply_updates(params, updates)
         if detach_each_step:
             params = {n: _leaf(p) if n in updates else p for n, p in params.items()}

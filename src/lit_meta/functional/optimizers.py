@@ -34,15 +34,23 @@ class InnerOptimizer(NamedTuple):
         init: ``params -> state`` before the first step.
         update: ``(grads, state, params) -> (updates, state)``: the updates have
             the names of ``grads`` and are added to the parameters
-            (:func:`apply_updates`).
+            (:func:`apply_updates`). With ``takes_loss`` it is called as
+            ``update(grads, state, params, loss)``.
         hyperparameters: the tensors the updates depend on besides the gradients
-            (e.g. learned step sizes). The inner loop builds the graph an outer
-            gradient needs when a parameter or one of these requires grad.
+            (e.g. learned step sizes, a learned optimiser's weights). The inner
+            loop builds the graph an outer gradient needs when a parameter or
+            one of these requires grad.
+        takes_loss: whether ``update`` also reads the support loss at the
+            parameters it is given: a detached scalar (under ``vmap``, the
+            task's own), as the Meta-learner LSTM's gates do (Ravi & Larochelle,
+            2017, Eq. 3-4). ``False`` (the default) keeps the three-argument
+            ``update`` of optimisers written before this field existed.
     """
 
     init: Callable[[Params], Any]
-    update: Callable[[Params, Any, Params], tuple[dict[str, Tensor], Any]]
+    update: Callable[..., tuple[dict[str, Tensor], Any]]
     hyperparameters: tuple[Tensor, ...] = ()
+    takes_loss: bool = False
 
 
 def apply_updates(params: Params, updates: Params) -> dict[str, Tensor]:

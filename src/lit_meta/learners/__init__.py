@@ -8,18 +8,22 @@
   classifier over a support summary); :mod:`~lit_meta.learners.embedding` embeds episodes.
 - :mod:`~lit_meta.learners.sequence`: the sequence (model-based) family's base (an episode
   as an ordered sequence of item and label steps, queries read after the support).
-- one module per algorithm, on its family base.
+- one module per algorithm, on its family base (LEO and the Baselines directly on
+  :class:`MetaLearner`; :mod:`~lit_meta.learners.finetuning` fits a new head per task).
 - :mod:`~lit_meta.learners.registry`: the learners lit-meta knows (this package,
   the ``lit_meta.learners`` entry points, imported subclasses).
 """
 
 from lit_meta.learners.anil import ANIL
 from lit_meta.learners.base import ClassScores, MetaLearner, TaskModel
+from lit_meta.learners.baseline import Baseline, BaselinePlusPlus
 from lit_meta.learners.execution import ExecutionPlan, ExecutionPlanner
 from lit_meta.learners.gradient import AdaptedNetwork, GradientMetaLearner, loss_with_gradients
+from lit_meta.learners.leo import LEO
 from lit_meta.learners.maml import MAML
 from lit_meta.learners.mann import MANN
 from lit_meta.learners.matching_net import MatchingNet
+from lit_meta.learners.meta_lstm import MetaLSTM
 from lit_meta.learners.meta_sgd import MetaSGD
 from lit_meta.learners.metanet import MetaNet
 from lit_meta.learners.metric import MetricClassifier, MetricMetaLearner, Temperature
@@ -34,15 +38,19 @@ from lit_meta.learners.snail import SNAIL
 __all__ = [
     "ANIL",
     "ENTRY_POINT_GROUP",
+    "LEO",
     "MAML",
     "MANN",
     "SNAIL",
     "AdaptedNetwork",
+    "Baseline",
+    "BaselinePlusPlus",
     "ClassScores",
     "ExecutionPlan",
     "ExecutionPlanner",
     "GradientMetaLearner",
     "MatchingNet",
+    "MetaLSTM",
     "MetaLearner",
     "MetaNet",
     "MetaSGD",

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import HyperparametersMixin, _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 
@@ -95,6 +96,12 @@ class MetaLearner(L.LightningModule, ABC):
             leaves the choice to the owner of the process: the ``lit-meta`` command
             line retains, a learner used from Python leaves malloc alone. ``True``
             retains under any Trainer; ``False`` never.
+        backbone_checkpoint: a lit-meta checkpoint (e.g. of a pre-trained
+            :class:`~lit_meta.learners.baseline.Baseline`) whose backbone weights this
+            learner starts meta-training from: :meth:`load_backbone_weights`, called
+            once, by the first ``setup("fit")``. A run resumed with ``ckpt_path`` then
+            gets its own weights back from that checkpoint (the file is still read
+            first), and a learner loaded from a checkpoint of its own never reads it.
     """
 
     family_base: ClassVar[bool] = True
@@ -129,6 +136,7 @@ class MetaLearner(L.LightningModule, ABC):
         lr_decay_every: int = 2000,
         lr_decay_factor: float = 0.5,
         retain_cpu_memory: bool | None = None,
+        backbone_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if lr_decay_every < 1 or not 0.0 < lr_decay_factor <= 1.0:
@@ -138,6 +146,7 @@ class MetaLearner(L.LightningModule, ABC):
             )
         self._save_hyperparameters_with_module_configs(inspect.currentframe())
         self.backbone = backbone
+        self._backbone_checkpoint_pending = backbone_checkpoint is not None
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict({name: EpisodeMeanCI() for name in ("loss", "acc", "mse")})
@@ -216,6 +225,51 @@ class MetaLearner(L.LightningModule, ABC):
         if hparams.get("retain_cpu_memory") is True:
             hparams["retain_cpu_memory"] = None
 
+    def load_backbone_weights(self, path: str) -> None:
+        """Copies into the backbone the weights of another lit-meta checkpoint's backbone.
+
+        Every tensor under ``backbone.`` in the checkpoint's ``state_dict`` whose name this
+        backbone has is copied; the backbone's other tensors stay as they are (a MAML
+        head over the features of a pre-trained Baseline, say). The file is read with
+        ``weights_only=True``. Logs how many tensors were loaded and which were not.
+
+        Raises:
+            ValueError: ``path`` holds no ``state_dict``, no tensor of it matches this
+                backbone by name, or a matching name has another shape.
+        """
+        state = checkpoints.read(path, weights_only=True).get("state_dict")
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path} holds no state_dict; give a checkpoint that lit-meta fit (or a Trainer) wrote")
+        own = self.backbone.state_dict()
+        matched = {
+            name: value
+            for key, value in state.items()
+            if key.startswith("backbone.") and (name := key.removeprefix("backbone.")) in own
+        }
+        mismatched = [
+            f"{n} {tuple(v.shape)} vs {tuple(own[n].shape)}" for n, v in matched.items() if v.shape != own[n].shape
+        ]
+        if mismatched:
+            raise ValueError(
+                f"the backbone in {path} has other shapes than this {type(self.backbone).__name__} "
+                f"({'; '.join(mismatched)}); give a checkpoint of a learner with the same backbone architecture"
+            )
+        if not matched:
+            raise ValueError(
+                f"no tensor under backbone. in {path} has a name this {type(self.backbone).__name__} has; "
+                "give a checkpoint of a learner with the same backbone architecture"
+            )
+        self.backbone.load_state_dict(matched, strict=False)
+        kept = sorted(set(own) - set(matched))
+        rank_zero_info(
+            f"{type(self).__name__}: loaded {len(matched)} of the backbone's {len(own)} tensors from {path}"
+            + (f"; left as initialised: {', '.join(kept)}" if kept else "")
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The learner's own checkpoint holds its backbone: backbone_checkpoint no longer applies.
+        self._backbone_checkpoint_pending = False
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[checkpoints.CHECKPOINT_LEARNER_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint[checkpoints.CHECKPOINT_FORMAT_KEY] = checkpoints.CHECKPOINT_FORMAT
@@ -257,7 +311,11 @@ class MetaLearner(L.LightningModule, ABC):
 
     # -- Lightning steps ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Checks the episodes the datamodule will serve against the backbone, before any step."""
+        """Checks the episodes the datamodule will serve against the backbone, before any step; at the first fit,
+        loads the backbone of ``backbone_checkpoint`` (before Lightning restores a ``ckpt_path`` to resume)."""
+        if stage == "fit" and self._backbone_checkpoint_pending:
+            self.load_backbone_weights(self.hparams.backbone_checkpoint)
+            self._backbone_checkpoint_pending = False
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         shapes: Mapping[str, EpisodeShape] | None = getattr(datamodule, "shapes", None)
         splits = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",))
