@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import importlib
 import sys
 import warnings
 from collections import Counter
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from lit_meta.command_line import import_user_modules, torch_device
 from lit_meta.data.datasets import MetaDataset, build_dataset
 from lit_meta.data.datasets.image_folder import class_folders, image_files
 from lit_meta.data.preprocessing import ImagePreprocessing
@@ -421,25 +421,6 @@ def _preprocessing(stored: ImagePreprocessing | None, args: argparse.Namespace) 
     return dataclasses.replace(stored, **{name: value for name, value in given.items() if value is not None})
 
 
-def _import_modules(names: Sequence[str]) -> None:
-    """The modules the user named with ``--import``, so the learners they define are registered."""
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            raise LitMetaError(f"--import {name}: {exc}; put the module's folder on PYTHONPATH") from exc
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise LitMetaError(f"device {name!r} is not a torch device ({exc}); use e.g. cpu or cuda") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LitMetaError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``lit-meta adapt``: 0 on success, 2 on bad input (the error is printed to stderr)."""
     try:
@@ -447,8 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0), or a usage error argparse has printed (2)
         return exit_.code if isinstance(exit_.code, int) else 0
     try:
-        device = _device(args.device)
-        _import_modules(args.imports)
+        device = torch_device(args.device)
+        import_user_modules(args.imports)
         learner, stored = load_learner(args.ckpt_path, device)
         preprocessing = _preprocessing(stored, args)
         task_model, class_names = adapt_to_folder(learner, args.support, preprocessing, steps=args.steps)

@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lit_meta import __version__
-from lit_meta.adaptation import _device, _import_modules
+from lit_meta.command_line import import_user_modules, torch_device
 from lit_meta.data.datasets import DATASETS, MetaDataset, build_dataset
 from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName
 from lit_meta.data.datasets.features import FeatureArrays
@@ -395,8 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise LitMetaError(f"--batch_size {args.batch_size}: embed at least one item per forward pass")
         auto = "cuda" if torch.cuda.is_available() else "cpu"
-        device = _device(auto if args.device == "auto" else args.device)
-        _import_modules(args.imports)
+        device = torch_device(auto if args.device == "auto" else args.device)
+        import_user_modules(args.imports)
         path, arrays = export_features(
             args.ckpt_path,
             args.output,

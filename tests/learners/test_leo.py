@@ -172,7 +172,7 @@ def test_a_training_step_applies_both_clippings():
 # -- errors -----------------------------------------------------------------------------------------
 def test_an_embedding_size_other_than_embedding_dim_is_named():
     model = leo(embedding_dim=DIM + 1).eval()
-    with pytest.raises(ValueError, match=rf"embedding_dim={DIM + 1}: set embedding_dim={DIM}"):
+    with pytest.raises(ValueError, match=rf"embedding_dim={DIM + 1}; set embedding_dim={DIM}"):
         model.adapt(torch.randn(5, DIM), torch.arange(5))
     with pytest.raises(ValueError, match=rf"embedding_dim={DIM + 1}"):
         model.meta_loss(a_batch())

@@ -149,7 +149,7 @@ def test_sequence_is_sized_by_ways_and_shots_and_longer_episodes_are_refused():
         SNAIL(nn.Flatten())
     flat = SNAIL(nn.Flatten(), embedding_dim=784, **SMALL)
     assert flat.network.in_features == 784 + 5
-    with pytest.raises(EpisodeConfigError, match=r"embeds each item into 64 features.*set embedding_dim=64"):
+    with pytest.raises(EpisodeConfigError, match=r"gives 64 features per item.*set embedding_dim=64"):
         flat(torch.rand(5, 1, 8, 8), torch.arange(5), torch.rand(2, 1, 8, 8))
 
 

@@ -21,8 +21,9 @@ from lit_meta.data.datasets.base import ClassIndexedDataset
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners.base import ClassScores, MetaLearner
+from lit_meta.learners.classification import Temperature, class_one_hot
+from lit_meta.learners.embedding import check_embedding_dim
 from lit_meta.learners.finetuning import FineTunedClassifier, HeadFitting, evaluation_mode, fit_head
-from lit_meta.learners.metric import Temperature, class_one_hot
 
 
 def _uniform_weight(num_classes: int, in_features: int, generator: torch.Generator | None) -> nn.Parameter:
@@ -58,7 +59,7 @@ class CosineHead(nn.Module):
 
     The features and the class vectors are L2-normalised, so the scores are cosine
     similarities, multiplied by a positive scale, learned with the class vectors or fixed
-    (kept as the log of its inverse, a :class:`~lit_meta.learners.metric.Temperature`).
+    (kept as the log of its inverse, a :class:`~lit_meta.learners.classification.Temperature`).
 
     Args:
         in_features: feature size ``D``.
@@ -191,13 +192,7 @@ class Baseline(MetaLearner):
             EpisodeConfigError: the backbone gives another number of features than ``embedding_dim``.
         """
         features = self.backbone(x).flatten(1)
-        if features.shape[-1] != self.hparams.embedding_dim:
-            raise EpisodeConfigError(
-                f"the backbone gives {features.shape[-1]} features per item but {type(self).__name__} was built for "
-                f"embedding_dim={self.hparams.embedding_dim}; set embedding_dim={features.shape[-1]}, or give a "
-                "backbone without a classification head (Conv4: out_features=null) or change the image size"
-            )
-        return features
+        return check_embedding_dim(features, self.hparams.embedding_dim, type(self).__name__, batch_dims=1)
 
     def frozen_features(self, x: Tensor) -> Tensor:
         """Features as adaptation uses them: backbone in evaluation mode, no gradients, float32."""

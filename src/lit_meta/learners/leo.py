@@ -12,9 +12,9 @@ from torch.optim import Optimizer
 
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.learners.base import ClassScores, MetaLearner
-from lit_meta.learners.embedding import embed, embed_episode
+from lit_meta.learners.classification import class_one_hot
+from lit_meta.learners.embedding import check_embedding_dim, embed, embed_episode
 from lit_meta.learners.leo_model import LEONetwork
-from lit_meta.learners.metric import class_one_hot
 
 
 class LEO(MetaLearner):
@@ -173,16 +173,9 @@ class LEO(MetaLearner):
         """``embeddings``, checked to be ``[*lead, embedding_dim]``, L2-normalised if ``normalize_embeddings``.
 
         Raises:
-            ValueError: the backbone's outputs have another shape.
+            EpisodeConfigError: the backbone's outputs have another shape.
         """
-        expected = self.hparams.embedding_dim
-        shape = list(embeddings.shape[batch_dims:])
-        if shape != [expected]:
-            fix = f"set embedding_dim={shape[0]}" if len(shape) == 1 else "give a backbone of flat embeddings"
-            raise ValueError(
-                f"LEO's backbone gives outputs of shape {shape} per item but embedding_dim={expected}: {fix} "
-                "(e.g. a Conv4 with out_features=None, whose embedding_dim attribute says its size)"
-            )
+        check_embedding_dim(embeddings, self.hparams.embedding_dim, type(self).__name__, batch_dims)
         return F.normalize(embeddings, dim=-1) if self.hparams.normalize_embeddings else embeddings
 
     # -- meta-training ---------------------------------------------------------------------------

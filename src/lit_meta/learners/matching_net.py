@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_meta.learners.metric import MetricMetaLearner, Temperature
+from lit_meta.learners.classification import Temperature
+from lit_meta.learners.metric import MetricMetaLearner
 
 
 class MatchingNet(MetricMetaLearner):

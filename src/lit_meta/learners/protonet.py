@@ -7,7 +7,8 @@ from typing import Any, Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_meta.learners.metric import MetricMetaLearner, Temperature
+from lit_meta.learners.classification import Temperature
+from lit_meta.learners.metric import MetricMetaLearner
 
 Distance = Literal["euclidean", "cosine"]
 

@@ -33,7 +33,7 @@ from lit_meta.data.episode import EpisodeBatch
 from lit_meta.data.sequence import LabelInput, label_channels, presentation_numbers
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners.base import ClassScores, MetaLearner
-from lit_meta.learners.embedding import embed, embed_episode
+from lit_meta.learners.embedding import check_embedding_dim, embed, embed_episode
 from lit_meta.metrics import EpisodeMeanCI
 
 INSTANCES: tuple[int, ...] = (1, 2, 3, 4, 5, 10)
@@ -148,14 +148,9 @@ class SequenceMetaLearner(MetaLearner):
         return self._checked(embed(self.backbone, x, 2).flatten(2))
 
     def _checked(self, embeddings: Tensor) -> Tensor:
-        features = embeddings.shape[-1]
-        if self.embedding_dim is not None and features != self.embedding_dim:
-            raise EpisodeConfigError(
-                f"the backbone embeds each item into {features} features but {type(self).__name__} was built for "
-                f"embedding_dim={self.embedding_dim}; set embedding_dim={features}, or change the backbone or the "
-                "image size"
-            )
-        return embeddings
+        if self.embedding_dim is None:
+            return embeddings
+        return check_embedding_dim(embeddings, self.embedding_dim, type(self).__name__, batch_dims=2)
 
     def query_steps(self, query: Tensor, query_labels: Tensor) -> Tensor:
         """Query embeddings ``[tasks, queries, features]`` joined with the label channel of a query step."""

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_meta.data.episode import EpisodeBatch
+from lit_meta.learners.classification import class_one_hot
 from lit_meta.learners.embedding import embed_episode
-from lit_meta.learners.metric import MetricMetaLearner, class_one_hot
+from lit_meta.learners.metric import MetricMetaLearner
 
 
 class SiameseNet(MetricMetaLearner):
