@@ -1,7 +1,7 @@
 """Inner-loop maths on parameter dictionaries (``torch.func``): pure functions, no module is mutated.
 
 - :mod:`~lit_meta.functional.params`: which parameters adapt, which buffers BatchNorm
-  sees, and the functional forward pass.
+  sees, and the functional forward pass (BatchNorm as the module's mode says, or forced).
 - :mod:`~lit_meta.functional.optimizers`: inner optimisers as pure ``(init, update)``
   pairs: SGD (fixed, learned or per-step rates) and Adam.
 - :mod:`~lit_meta.functional.meta_lstm`: the Meta-learner LSTM (Ravi & Larochelle, 2017),
@@ -28,6 +28,7 @@ from lit_meta.functional.inner_loop import AdaptResult, adapt, check_finite_loss
 from lit_meta.functional.meta_lstm import MetaLSTMOptimizer, MetaLSTMState
 from lit_meta.functional.optimizers import InnerOptimizer, StepSize, adam, apply_updates, sgd, sgd_step
 from lit_meta.functional.params import (
+    BatchNormBehaviour,
     BatchNormStatistics,
     adaptable_parameters,
     functional_forward,
@@ -37,6 +38,7 @@ from lit_meta.functional.params import (
 
 __all__ = [
     "AdaptResult",
+    "BatchNormBehaviour",
     "BatchNormStatistics",
     "Criterion",
     "InnerOptimizer",

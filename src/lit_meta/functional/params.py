@@ -3,19 +3,28 @@
 Learners never mutate a backbone during adaptation: they run it with
 :func:`torch.func.functional_call` on task-specific dictionaries. These helpers
 build those dictionaries: which parameters adapt (all of them for MAML, only
-the head for ANIL) and which buffers BatchNorm sees.
+the head for ANIL) and which buffers BatchNorm sees; and they run the forward
+pass, with BatchNorm in training or evaluation behaviour whatever the module's mode.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.overrides import TorchFunctionMode
 
-BatchNormStatistics = Literal["task", "running"]
+BatchNormStatistics = Literal["task", "running", "fresh"]
+BatchNormBehaviour = Literal["module", "train", "eval"]
+"""How BatchNorm layers run in :func:`functional_forward`: as the module's mode says, or forced."""
+
+_BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
 
 
 def head_parameter_names(module: nn.Module) -> list[str]:
@@ -78,28 +87,128 @@ def task_buffers(module: nn.Module, batch_norm: BatchNormStatistics = "task") ->
             updates its running statistics. ``"running"`` gives the module's own
             buffers: BatchNorm then behaves as the module's mode says (eval:
             running statistics; train: batch statistics, and the running
-            statistics are updated in place).
+            statistics are updated in place). ``"fresh"`` gives every BatchNorm
+            layer new running statistics, as a newly built layer has them
+            (``running_mean`` 0, ``running_var`` 1, ``num_batches_tracked`` 0),
+            so statistics can be collected for one task without touching the
+            module's (see ``batch_norm`` of :func:`functional_forward`).
 
     Returns:
         Every buffer of ``module`` by name; other layers' buffers are the module's own.
+
+    Raises:
+        ValueError: ``batch_norm`` is none of the above.
     """
+    if batch_norm not in ("task", "running", "fresh"):
+        raise ValueError(f"batch_norm must be 'task', 'running' or 'fresh', got {batch_norm!r}")
     buffers: dict[str, Tensor | None] = dict(module.named_buffers())
-    if batch_norm == "task":
-        for prefix, child in module.named_modules():
-            if isinstance(child, _BatchNorm):
-                for name, _ in child.named_buffers(recurse=False):
-                    buffers[f"{prefix}.{name}" if prefix else name] = None
-    elif batch_norm != "running":
-        raise ValueError(f"batch_norm must be 'task' or 'running', got {batch_norm!r}")
+    if batch_norm == "running":
+        return buffers
+    for prefix, child in module.named_modules():
+        if isinstance(child, _BatchNorm):
+            for name, buffer in child.named_buffers(recurse=False):
+                key = f"{prefix}.{name}" if prefix else name
+                if batch_norm == "task":
+                    buffers[key] = None
+                elif name == "running_var":
+                    buffers[key] = torch.ones_like(buffer)
+                else:
+                    buffers[key] = torch.zeros_like(buffer)
     return buffers
 
 
 def functional_forward(
-    module: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor | None], x: Tensor
+    module: nn.Module,
+    params: Mapping[str, Tensor],
+    buffers: Mapping[str, Tensor | None],
+    x: Tensor,
+    *,
+    batch_norm: BatchNormBehaviour = "module",
+    batch_norm_momentum: float | None = None,
 ) -> Tensor:
     """``module(x)`` with ``params`` and ``buffers`` in place of the module's own tensors.
 
     Parameters or buffers missing from the dictionaries are the module's own.
-    The module is left exactly as it was.
+    The module is left exactly as it was: its tensors and its ``training`` flags.
+
+    Args:
+        module: the network.
+        params: parameters by name.
+        buffers: buffers by name, e.g. from :func:`task_buffers`.
+        x: the input.
+        batch_norm: ``"module"``: every BatchNorm layer behaves as its mode says.
+            ``"train"``: every BatchNorm layer normalises with the batch's statistics
+            and updates the running statistics it is given in place (weight of the
+            newest batch ``batch_norm_momentum``), whatever its mode. ``"eval"``:
+            every BatchNorm layer normalises with the running statistics it is
+            given (with the batch's where they are ``None``) and updates nothing,
+            whatever its mode. The mode is not changed: each ``F.batch_norm`` call
+            of the forward pass has its ``training`` and ``momentum`` arguments
+            replaced, by a ``TorchFunctionMode`` (thread-local) active for this call
+            only. With ``"train"`` every BatchNorm ``num_batches_tracked`` given in
+            ``buffers`` advances by one per call; with ``"eval"`` none does.
+        batch_norm_momentum: with ``"train"`` (required there, and only there), the
+            weight of the newest batch in the running averages, in ``(0, 1]``:
+            ``running = (1 - momentum) * running + momentum * batch`` (PyTorch's
+            convention; the running variance takes the unbiased batch variance).
+
+    Raises:
+        ValueError: ``batch_norm`` is none of the above, or ``batch_norm_momentum``
+            is missing with ``"train"``, given without it, or out of range.
     """
-    return functional_call(module, {**params, **buffers}, (x,))
+    if batch_norm not in ("module", "train", "eval"):
+        raise ValueError(f"batch_norm must be 'module', 'train' or 'eval', got {batch_norm!r}")
+    if (batch_norm == "train") != (batch_norm_momentum is not None):
+        raise ValueError(
+            f"batch_norm_momentum={batch_norm_momentum} with batch_norm={batch_norm!r}: give a momentum "
+            "with 'train' (the weight of the newest batch in the running averages) and only with it"
+        )
+    if batch_norm_momentum is not None and not 0 < batch_norm_momentum <= 1:
+        raise ValueError(f"batch_norm_momentum={batch_norm_momentum}: use a value in (0, 1]")
+    if batch_norm == "module":
+        return functional_call(module, {**params, **buffers}, (x,))
+    # The module's forward counts batches only in training mode; hiding the counts makes the
+    # count independent of the mode, and it is advanced here instead.
+    counts = {key: buffers.get(key, None) for key in _batch_norm_counts(module)}
+    with _ForcedBatchNorm(training=batch_norm == "train", momentum=batch_norm_momentum):
+        out = functional_call(module, {**params, **buffers, **dict.fromkeys(counts)}, (x,))
+    if batch_norm == "train":
+        with torch.no_grad():
+            for count in counts.values():
+                if count is not None:
+                    count.add_(1)
+    return out
+
+
+def _batch_norm_counts(module: nn.Module) -> list[str]:
+    """Names of the ``num_batches_tracked`` buffers of the module's BatchNorm layers."""
+    return [
+        f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked"
+        for prefix, child in module.named_modules()
+        if isinstance(child, _BatchNorm) and child.num_batches_tracked is not None
+    ]
+
+
+class _ForcedBatchNorm(TorchFunctionMode):
+    """Rewrites the ``training`` and ``momentum`` arguments of every ``F.batch_norm`` call.
+
+    ``training=False`` keeps batch statistics for a call without running statistics, as
+    an ``nn.BatchNorm*`` layer in eval mode without running statistics does.
+    """
+
+    def __init__(self, training: bool, momentum: float | None) -> None:
+        super().__init__()
+        self.training = training
+        self.momentum = momentum
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is not F.batch_norm:
+            return func(*args, **kwargs)
+        call = _BATCH_NORM_SIGNATURE.bind(*args, **kwargs)
+        call.apply_defaults()
+        arg = call.arguments
+        arg["training"] = self.training or (arg["running_mean"] is None and arg["running_var"] is None)
+        if self.momentum is not None:
+            arg["momentum"] = self.momentum
+        return func(**arg)

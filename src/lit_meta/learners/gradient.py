@@ -19,6 +19,7 @@ and Reptile. It holds what they share:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from lit_meta import glibc_malloc
 from lit_meta.data.episode import Episode, EpisodeBatch, collate_episodes
 from lit_meta.functional import (
+    BatchNormBehaviour,
     InnerOptimizer,
     QueryForward,
     StepSize,
@@ -81,15 +83,45 @@ def loss_with_gradients(value: Tensor, params: Sequence[Tensor], grads: Sequence
 
 
 class AdaptedNetwork:
-    """A backbone bound to task-specific parameters: ``model(x)`` runs it functionally."""
+    """A backbone bound to task-specific parameters: ``model(x)`` runs it functionally.
 
-    def __init__(self, backbone: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor | None]) -> None:
+    ``batch_norm`` is the BatchNorm behaviour of its forward pass
+    (:func:`~lit_meta.functional.functional_forward`).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        params: dict[str, Tensor],
+        buffers: dict[str, Tensor | None],
+        batch_norm: BatchNormBehaviour = "module",
+    ) -> None:
         self.backbone = backbone
         self.params = params
         self.buffers = buffers
+        self.batch_norm = batch_norm
 
     def __call__(self, x: Tensor) -> Tensor:
-        return functional_forward(self.backbone, self.params, self.buffers, x)
+        return functional_forward(self.backbone, self.params, self.buffers, x, batch_norm=self.batch_norm)
+
+
+@dataclass(frozen=True)
+class AdaptationBatchNorm:
+    """How BatchNorm runs in :meth:`GradientMetaLearner.adapt`: while it learns a task, and in the
+    model it returns (``batch_norm`` and ``batch_norm_momentum`` of
+    :func:`~lit_meta.functional.functional_forward`).
+
+    Attributes:
+        buffers: the buffers of the support passes and of the returned model.
+        support: the BatchNorm behaviour of the support passes.
+        support_momentum: the running averages' momentum of the support passes (with ``"train"``).
+        query: the BatchNorm behaviour of the returned model.
+    """
+
+    buffers: dict[str, Tensor | None]
+    support: BatchNormBehaviour = "module"
+    support_momentum: float | None = None
+    query: BatchNormBehaviour = "module"
 
 
 class GradientMetaLearner(MetaLearner):
@@ -101,7 +133,8 @@ class GradientMetaLearner(MetaLearner):
     evaluation needs autograd (the base leaves Lightning's inference mode for it), and
     the class scores are the outputs of the backbone's last ``nn.Linear``, whose size
     must equal the ways. BatchNorm uses each task's batch statistics; running
-    statistics are never used nor updated.
+    statistics are never used nor updated (a subclass may change that at adaptation,
+    :meth:`batch_norm_for_adaptation`, as :class:`~lit_meta.learners.MetaLSTM` does).
 
     Args:
         backbone: the network; its output size must equal the episodes' ways.
@@ -205,6 +238,13 @@ class GradientMetaLearner(MetaLearner):
         """The buffers the backbone runs with while adapting: BatchNorm on each task's batch statistics."""
         return task_buffers(self.backbone)
 
+    def batch_norm_for_adaptation(self) -> AdaptationBatchNorm:
+        """BatchNorm in :meth:`adapt`: :meth:`buffers_for_adaptation` for the support and query passes alike.
+
+        Called once per adaptation, so buffers it creates are the task's own.
+        """
+        return AdaptationBatchNorm(self.buffers_for_adaptation())
+
     def adaptation_steps(self) -> int:
         return self.hparams.eval_inner_steps or self.hparams.inner_steps
 
@@ -215,16 +255,20 @@ class GradientMetaLearner(MetaLearner):
         """
         steps = steps or self.adaptation_steps()
         params = {name: p.detach() for name, p in adaptable_parameters(self.backbone).items()}
-        buffers = self.buffers_for_adaptation()
+        batch_norm = self.batch_norm_for_adaptation()
         optimizer = self.configure_inner_optimizer(steps, _detached(self.step_sizes(steps)))
 
         def support_loss(p: dict[str, Tensor]) -> Tensor:
-            return self.task_loss(functional_forward(self.backbone, p, buffers, support_x), support_y)
+            outputs = functional_forward(
+                self.backbone, p, batch_norm.buffers, support_x,
+                batch_norm=batch_norm.support, batch_norm_momentum=batch_norm.support_momentum,
+            )  # fmt: skip
+            return self.task_loss(outputs, support_y)
 
         adapted = adapt_parameters(
             support_loss, params, steps=steps, optimizer=optimizer, inner_params=self.inner_param_names
         )
-        return AdaptedNetwork(self.backbone, adapted.params, buffers)
+        return AdaptedNetwork(self.backbone, adapted.params, batch_norm.buffers, batch_norm.query)
 
     # -- meta-training -----------------------------------------------------------------------
     def meta_loss(self, batch: EpisodeBatch) -> Tensor:

@@ -9,10 +9,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lit_meta.functional import InnerOptimizer, MetaLSTMOptimizer, StepSize
+from lit_meta.functional import InnerOptimizer, MetaLSTMOptimizer, StepSize, task_buffers
 from lit_meta.learners.base import TaskModel
 from lit_meta.learners.execution import Execution
-from lit_meta.learners.gradient import GradientMetaLearner, InnerParams
+from lit_meta.learners.gradient import AdaptationBatchNorm, GradientMetaLearner, InnerParams
 
 
 class MetaLSTM(GradientMetaLearner):
@@ -37,14 +37,19 @@ class MetaLSTM(GradientMetaLearner):
     BatchNorm. The paper (Section 3.4) and its code (``train-lstm.lua``,
     ``meta-learner-lstm.lua``) reset the learner's running statistics for every episode
     (``learner.reset()``) so no statistics leak across tasks; the support set is always
-    normalised with its batch statistics; during meta-training the query set is
-    normalised with its own batch statistics; during meta-validation and meta-test it is
-    normalised with the running averages collected over that episode's inner updates
-    (momentum 0.9 for 1-shot, 0.95 for 5-shot in Torch's convention, the weight of the
-    newest batch). Here both sets always use their own batch statistics (the library's
-    :func:`~lit_meta.functional.task_buffers`) and running statistics are never used nor
-    updated: the same as the paper in meta-training, and a deviation at evaluation, where
-    the query set's own statistics are used instead of the support set's running averages.
+    normalised with its batch statistics, and the running averages are accumulated over the
+    T support passes of the inner loop; during meta-training the query set is normalised
+    with its own batch statistics; during meta-validation and meta-test with the running
+    averages of that episode's support passes, so no query example's statistics reach
+    another. Here likewise (``eval_batch_norm="support_running"``, the default):
+    meta-training (:meth:`meta_loss_on_path`) normalises both sets with their own batch
+    statistics, and :meth:`adapt` (validation, test, predict, ``lit-meta adapt``) gives every
+    BatchNorm layer new running statistics (mean 0, variance 1) for the episode, updates
+    them on each support pass with ``batch_norm_momentum`` (the weight of the newest batch:
+    0.9 for 1-shot, 0.95 for 5-shot in the authors' configs; Torch7's momentum is PyTorch's)
+    and normalises the query set with them. The backbone's own buffers and mode are not
+    used nor changed. ``eval_batch_norm="query_batch"`` normalises the query set with its
+    own batch statistics at evaluation too (a deviation; lit-meta's other learners do so).
 
     Inner loop. The paper's learner trains on minibatches of the support set for several
     epochs; the authors' miniImageNet configs use minibatches of the whole support set
@@ -69,6 +74,10 @@ class MetaLSTM(GradientMetaLearner):
             learned values): ``"all"`` (the paper), ``"head"`` or names / module prefixes.
         first_order: always ``True`` (see "Second order" above); stated so that a
             configuration cannot set the base's ``first_order=False``.
+        eval_batch_norm: how :meth:`adapt` normalises the query set: ``"support_running"``
+            (the paper) or ``"query_batch"`` (see "BatchNorm" above).
+        batch_norm_momentum: with ``"support_running"``, the weight of the newest support
+            batch in the episode's running averages, in ``(0, 1]``.
         execution: see :class:`~lit_meta.learners.gradient.GradientMetaLearner`. The vmap
             path is tested to give the loop's losses and meta-gradients; the compiled path
             compiles only the query pass.
@@ -77,8 +86,8 @@ class MetaLSTM(GradientMetaLearner):
             left at the base's defaults: the LSTM is the optimiser.
 
     Raises:
-        ValueError: an option above is out of range, ``first_order`` is not ``True``, or
-            ``inner_lr`` or ``inner_optimizer`` is set.
+        ValueError: an option above is out of range or not a choice, ``first_order`` is not
+            ``True``, or ``inner_lr`` or ``inner_optimizer`` is set.
     """
 
     def __init__(
@@ -91,9 +100,18 @@ class MetaLSTM(GradientMetaLearner):
         forget_bias_init: tuple[float, float] = (4.0, 5.0),
         inner_params: InnerParams = "all",
         first_order: Literal[True] = True,
+        eval_batch_norm: Literal["support_running", "query_batch"] = "support_running",
+        batch_norm_momentum: float = 0.9,
         execution: Execution = "auto",
         **kwargs: Any,
     ) -> None:
+        if eval_batch_norm not in ("support_running", "query_batch"):
+            raise ValueError(f"eval_batch_norm={eval_batch_norm!r}: use 'support_running' or 'query_batch'")
+        if not 0 < batch_norm_momentum <= 1:
+            raise ValueError(
+                f"batch_norm_momentum={batch_norm_momentum}: use a value in (0, 1], the weight of the newest "
+                "support batch in the running averages (the paper: 0.9 for 1-shot, 0.95 for 5-shot)"
+            )
         if first_order is not True:
             raise ValueError(
                 f"MetaLSTM takes only first_order=True, got {first_order!r}: it always ignores second derivatives "
@@ -114,6 +132,18 @@ class MetaLSTM(GradientMetaLearner):
     def configure_inner_optimizer(self, steps: int, step_sizes: StepSize | Sequence[StepSize]) -> InnerOptimizer:
         """The meta-learner LSTM; ``step_sizes`` do not apply (the input gate is the step size)."""
         return self.meta_learner.inner_optimizer()
+
+    def batch_norm_for_adaptation(self) -> AdaptationBatchNorm:
+        """With ``eval_batch_norm="support_running"``: new running statistics for the episode,
+        accumulated over the support passes (batch statistics) and used for the query set."""
+        if self.hparams.eval_batch_norm == "query_batch":
+            return super().batch_norm_for_adaptation()
+        return AdaptationBatchNorm(
+            task_buffers(self.backbone, "fresh"),
+            support="train",
+            support_momentum=self.hparams.batch_norm_momentum,
+            query="eval",
+        )
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> TaskModel:
         """Learn a new task with the meta-learner; its weights and the learner's stay untouched.
