@@ -16,6 +16,7 @@ from torch import nn
 
 from lit_meta.backbones import Conv4
 from lit_meta.data.datamodule import EpisodicDataModule
+from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners.base import MetaLearner
 from lit_meta.learners.baseline import Baseline, BaselinePlusPlus, CosineHead
@@ -82,13 +83,41 @@ def test_the_fitted_head_learns_the_support_and_is_reproducible(learner_class) -
     assert not torch.equal(other, task_model(queries)), "the generator does not seed the fit"
 
 
+@pytest.mark.parametrize("learner_class", LEARNERS)
+def test_a_meta_batch_is_fitted_at_once_as_each_task_alone(learner_class) -> None:
+    """Evaluation fits the heads of all the tasks together (stacked); each task's query logits equal those of
+    ``adapt`` on that task alone, under Lightning's inference mode, and the learner is left as it was."""
+    torch.manual_seed(0)
+    learner = learner_class(bn_net(), embedding_dim=16, num_classes=6).train()  # train mode: BN would update
+    tasks, ways, shots, queries = 4, 5, 2, 3
+    labels = torch.stack([torch.randperm(ways * shots) % ways for _ in range(tasks)])  # a support order per task
+    batch = EpisodeBatch(
+        support_x=torch.rand(tasks, ways * shots, 1, 8, 8),
+        support_y=labels,
+        query_x=torch.rand(tasks, ways * queries, 1, 8, 8),
+        query_y=torch.arange(ways).repeat_interleave(queries).expand(tasks, -1),
+        classes=torch.arange(ways).expand(tasks, -1),
+    )
+    before = {name: value.clone() for name, value in learner.state_dict().items()}
+    with torch.inference_mode():
+        outputs = learner.evaluate_outputs(batch)
+    assert outputs.shape == (tasks, ways * queries, ways) and not outputs.requires_grad
+    after = learner.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before), "evaluation changed the learner"
+    assert all(p.grad is None for p in learner.parameters()), "the head fitting reached the learner's weights"
+    assert learner.training and all(m.training for m in learner.backbone.modules()), "modes not given back"
+    alone = torch.stack([learner.adapt(e.support_x, e.support_y)(e.query_x) for e in batch])
+    torch.testing.assert_close(outputs, alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outputs[0], outputs[1]), "the tasks did not get heads of their own"
+
+
 def test_the_head_takes_the_papers_number_of_steps() -> None:
     """100 passes in batches of 4: 2 steps per pass for 5 examples, the last of 1 example."""
     calls: list[int] = []
 
     class Counting(Baseline):
-        def task_head(self, ways, generator):
-            head = super().task_head(ways, generator)
+        def task_head(self, ways, generator, tasks=None):
+            head = super().task_head(ways, generator, tasks)
             head.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
             return head
 
@@ -118,6 +147,10 @@ def test_bad_arguments_fail_at_construction() -> None:
         Baseline(nn.Identity(), embedding_dim=2, finetune_batch_size=0)
     with pytest.raises(EpisodeConfigError, match="set embedding_dim=16"):
         Baseline(bn_net(), embedding_dim=64).adapt(torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
+    with pytest.raises(EpisodeConfigError, match=r"got shape \(2, 2\)"):
+        Baseline(nn.Identity(), embedding_dim=2).adapt(torch.rand(2, 2, 2), torch.tensor([[0, 1], [1, 0]]))
+    with pytest.raises(ValueError, match="learn_scale=True with tasks=3"):
+        CosineHead(2, 2, tasks=3)
 
 
 # -- pre-training ------------------------------------------------------------------------------------

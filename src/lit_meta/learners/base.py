@@ -377,7 +377,7 @@ class MetaLearner(L.LightningModule, ABC):
 
     def predict_step(self, batch: EpisodeBatch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Query labels (classification) or predictions (regression) of every episode."""
-        outputs = torch.stack([self._adapted_outputs(episode) for episode in batch])
+        outputs = self.evaluate_outputs(batch)
         return outputs.argmax(-1) if batch.is_classification else outputs
 
     def on_validation_epoch_end(self) -> None:
@@ -396,6 +396,17 @@ class MetaLearner(L.LightningModule, ABC):
         with torch.inference_mode(False), torch.enable_grad():
             yield
 
+    def evaluate_outputs(self, batch: EpisodeBatch) -> Tensor:
+        """The query outputs of every task of ``batch`` from a task model adapted to its own support set:
+        ``[tasks, queries, ways]`` logits, or ``[tasks, queries, output_dim]`` predictions; without gradients.
+
+        Validation, test and ``predict_step`` score these. The default calls :meth:`adapt` task by
+        task, with autograd on for learners that need it (:meth:`adaptation_context`), even under
+        Lightning's inference mode. A learner that can adapt all the tasks of a meta-batch at once
+        overrides it, with the same outputs.
+        """
+        return torch.stack([self._adapted_outputs(episode) for episode in batch])
+
     def _adapted_outputs(self, episode: Episode) -> Tensor:
         with self.adaptation_context():
             support_x, support_y, query_x = episode.support_x, episode.support_y, episode.query_x
@@ -407,8 +418,7 @@ class MetaLearner(L.LightningModule, ABC):
 
     def _evaluate(self, batch: EpisodeBatch, stage: Literal["val", "test"]) -> None:
         metrics = self.metrics[stage]
-        for episode in batch:
-            outputs = self._adapted_outputs(episode)
+        for episode, outputs in zip(batch, self.evaluate_outputs(batch), strict=True):
             targets = episode.query_y
             self._check_head(outputs, episode)
             metrics["loss"].update(self.task_loss(outputs.float(), targets).reshape(1))

@@ -22,35 +22,45 @@ from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners.base import ClassScores, MetaLearner
 from lit_meta.learners.classification import Temperature, class_one_hot
-from lit_meta.learners.embedding import check_embedding_dim
-from lit_meta.learners.finetuning import FineTunedClassifier, HeadFitting, evaluation_mode, fit_head
+from lit_meta.learners.embedding import check_embedding_dim, embed
+from lit_meta.learners.finetuning import FineTunedClassifier, HeadFitting, evaluation_mode, fit_heads
 
 
-def _uniform_weight(num_classes: int, in_features: int, generator: torch.Generator | None) -> nn.Parameter:
-    """``[num_classes, in_features]`` drawn from U(-1/sqrt(in), 1/sqrt(in)), ``nn.Linear``'s initialisation."""
+def _uniform_weight(
+    num_classes: int, in_features: int, generator: torch.Generator | None, tasks: int | None
+) -> nn.Parameter:
+    """``[num_classes, in_features]`` drawn from U(-1/sqrt(in), 1/sqrt(in)), ``nn.Linear``'s initialisation;
+    with ``tasks``, that one draw repeated ``[tasks, num_classes, in_features]``."""
     bound = 1.0 / math.sqrt(in_features)
-    return nn.Parameter(torch.empty(num_classes, in_features).uniform_(-bound, bound, generator=generator))
+    weight = torch.empty(num_classes, in_features).uniform_(-bound, bound, generator=generator)
+    return nn.Parameter(weight if tasks is None else weight.expand(tasks, -1, -1).clone())
 
 
 class LinearHead(nn.Module):
     """The Baseline's classifier: ``features @ W.T + b`` (Chen et al., 2019, Section 3.1).
 
     The weights are initialised like ``nn.Linear``'s, from ``generator`` when given; the
-    bias starts at zero, as in the authors' pre-training.
+    bias starts at zero, as in the authors' pre-training. With ``tasks``, the head is a
+    stack of that many independent classifiers (``W`` is ``[tasks, num_classes, D]``) that
+    scores features ``[tasks, examples, D]``, each task's with its own; all start from one
+    draw of the weights, as separate heads drawn from equally seeded generators would.
 
     Args:
         in_features: feature size ``D``.
         num_classes: classes scored.
         generator: draws the initial weights (default: the global random state).
+        tasks: the number of stacked classifiers; ``None`` for one, unstacked.
     """
 
-    def __init__(self, in_features: int, num_classes: int, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, generator: torch.Generator | None = None, tasks: int | None = None
+    ) -> None:
         super().__init__()
-        self.weight = _uniform_weight(num_classes, in_features, generator)
-        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.weight = _uniform_weight(num_classes, in_features, generator, tasks)
+        self.bias = nn.Parameter(torch.zeros(self.weight.shape[:-1]))
 
     def forward(self, features: Tensor) -> Tensor:
-        return F.linear(features, self.weight, self.bias)
+        return features @ self.weight.mT + self.bias.unsqueeze(-2)
 
 
 class CosineHead(nn.Module):
@@ -60,6 +70,7 @@ class CosineHead(nn.Module):
     The features and the class vectors are L2-normalised, so the scores are cosine
     similarities, multiplied by a positive scale, learned with the class vectors or fixed
     (kept as the log of its inverse, a :class:`~lit_meta.learners.classification.Temperature`).
+    With ``tasks``, a stack of classifiers as :class:`LinearHead`'s, sharing the fixed scale.
 
     Args:
         in_features: feature size ``D``.
@@ -67,6 +78,7 @@ class CosineHead(nn.Module):
         scale: the scale (the initial one when learned).
         learn_scale: learn the scale.
         generator: draws the initial class vectors (default: the global random state).
+        tasks: the number of stacked classifiers; ``None`` for one, unstacked.
     """
 
     def __init__(
@@ -76,9 +88,15 @@ class CosineHead(nn.Module):
         scale: float = 10.0,
         learn_scale: bool = True,
         generator: torch.Generator | None = None,
+        tasks: int | None = None,
     ) -> None:
         super().__init__()
-        self.weight = _uniform_weight(num_classes, in_features, generator)
+        if learn_scale and tasks is not None:
+            raise ValueError(
+                f"learn_scale=True with tasks={tasks}: the scale is one scalar, which the stacked tasks' fits would "
+                "share; stack heads with a fixed scale (learn_scale=False)"
+            )
+        self.weight = _uniform_weight(num_classes, in_features, generator, tasks)
         self.temperature = Temperature(1.0 / scale, learnable=learn_scale)
 
     @property
@@ -86,7 +104,7 @@ class CosineHead(nn.Module):
         return 1.0 / self.temperature.value
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.temperature(F.normalize(features, dim=-1) @ F.normalize(self.weight, dim=-1).T)
+        return self.temperature(F.normalize(features, dim=-1) @ F.normalize(self.weight, dim=-1).mT)
 
 
 class Baseline(MetaLearner):
@@ -106,13 +124,16 @@ class Baseline(MetaLearner):
     Adaptation (:meth:`adapt`): the backbone is frozen, in evaluation mode (BatchNorm on its
     running statistics, as the authors' ``save_features.py`` extracts features); the
     support features are computed once, without gradients, and a new head is trained on
-    them from scratch by :func:`~lit_meta.learners.finetuning.fit_head` with the authors'
+    them from scratch by :func:`~lit_meta.learners.finetuning.fit_heads` with the authors'
     settings: 100 passes in mini-batches of 4, SGD with rate 0.01, momentum 0.9, dampening
     0.9 and weight decay 1e-3. The fit draws its initial weights and batch orders from a
     generator seeded with ``finetune_seed`` (or the one passed), never from the global random
     state, so evaluation is reproducible. The learner itself is never changed. :meth:`adapt`
     takes one task (not a meta-batch of them) and no ``steps`` (:meth:`adaptation_steps` is
-    ``None``): the fit is set by the ``finetune_*`` arguments.
+    ``None``): the fit is set by the ``finetune_*`` arguments. Validation, test and
+    prediction (:meth:`evaluate_outputs`) fit the heads of all the tasks of a meta-batch at
+    once, stacked, with the same results as :meth:`adapt` of each task alone (to float
+    rounding): hundreds of tiny SGD steps per meta-batch instead of per task.
 
     Setups (Section 4.1 and the authors' ``train.py``): Adam at 1e-3, batches of 16 images;
     400 epochs on miniImageNet, 5 on Omniglot (4,112 classes: 1,028 characters x 4
@@ -180,24 +201,26 @@ class Baseline(MetaLearner):
         """The pre-training classifier over ``num_classes`` classes of the features."""
         return LinearHead(self.hparams.embedding_dim, num_classes)
 
-    def task_head(self, ways: int, generator: torch.Generator) -> nn.Module:
-        """A new classifier for a task of ``ways`` classes, its weights drawn from ``generator``."""
-        return LinearHead(self.hparams.embedding_dim, ways, generator)
+    def task_head(self, ways: int, generator: torch.Generator, tasks: int | None = None) -> nn.Module:
+        """A new classifier for a task of ``ways`` classes, its weights drawn from ``generator``; with ``tasks``,
+        a stack of that many (one per task of a meta-batch), all starting from one draw."""
+        return LinearHead(self.hparams.embedding_dim, ways, generator, tasks)
 
     # -- features -----------------------------------------------------------------------------
-    def extract_features(self, x: Tensor) -> Tensor:
-        """``[N, *item_shape] -> [N, embedding_dim]``: the backbone's flattened output.
+    def extract_features(self, x: Tensor, batch_dims: int = 1) -> Tensor:
+        """``[*lead, *item_shape] -> [*lead, embedding_dim]``: the backbone's flattened output, ``lead`` the
+        ``batch_dims`` leading dimensions (``[N]``, or ``[tasks, N]`` for a meta-batch).
 
         Raises:
             EpisodeConfigError: the backbone gives another number of features than ``embedding_dim``.
         """
-        features = self.backbone(x).flatten(1)
-        return check_embedding_dim(features, self.hparams.embedding_dim, type(self).__name__, batch_dims=1)
+        features = embed(self.backbone, x, batch_dims).flatten(batch_dims)
+        return check_embedding_dim(features, self.hparams.embedding_dim, type(self).__name__, batch_dims)
 
-    def frozen_features(self, x: Tensor) -> Tensor:
+    def frozen_features(self, x: Tensor, batch_dims: int = 1) -> Tensor:
         """Features as adaptation uses them: backbone in evaluation mode, no gradients, float32."""
         with torch.no_grad(), evaluation_mode(self.backbone):
-            return self.extract_features(x).float()
+            return self.extract_features(x, batch_dims).float()
 
     # -- pre-training -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -278,16 +301,48 @@ class Baseline(MetaLearner):
             support_y: their labels.
             generator: a CPU generator for the head's initial weights and the batch orders; default: one
                 seeded with ``finetune_seed``.
+
+        Raises:
+            EpisodeConfigError: float targets, or the labels of several tasks.
+        """
+        self.require_class_labels(support_y)
+        if support_y.dim() != 1:
+            raise EpisodeConfigError(
+                f"{type(self).__name__}.adapt takes one task's support labels [shots*ways], got shape "
+                f"{tuple(support_y.shape)}; adapt each task on its own, or score a meta-batch with evaluate_outputs"
+            )
+        return FineTunedClassifier(self.frozen_features, self.fit_task_heads(support_x, support_y, generator))
+
+    def evaluate_outputs(self, batch: EpisodeBatch) -> Tensor:
+        """The query logits ``[tasks, queries, ways]`` of every task of ``batch``, its head fitted on its own
+        support set: all the heads at once, stacked, each as :meth:`adapt` fits it alone (same initial
+        weights and batch orders, from a generator seeded with ``finetune_seed``)."""
+        heads = self.fit_task_heads(batch.support_x, batch.support_y)
+        with torch.no_grad():
+            return heads(self.frozen_features(batch.query_x, batch_dims=2))
+
+    def fit_task_heads(
+        self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None = None
+    ) -> nn.Module:
+        """A new head fitted on the frozen support features of one task (``[shots*ways, *item_shape]``, labels
+        ``[shots*ways]``), or a stack of heads, one per task of a meta-batch (a leading ``tasks`` dimension).
+
+        Args:
+            support_x: the support items.
+            support_y: their labels ``0 .. ways-1``.
+            generator: a CPU generator for the initial weights and the batch orders; default: one seeded
+                with ``finetune_seed``.
         """
         self.require_class_labels(support_y)
         ways = class_one_hot(support_y, torch.float32).shape[-1]
+        tasks = len(support_y) if support_y.dim() == 2 else None
         if generator is None:
             generator = torch.Generator().manual_seed(self.hparams.finetune_seed)
-        with self.adaptation_context():  # the head is trained even under no_grad or inference mode
-            features = self.frozen_features(support_x)
-            head = self.task_head(ways, generator).to(features.device)
-            fit_head(head, features, support_y, self.head_fitting, generator)
-        return FineTunedClassifier(self.frozen_features, head)
+        with self.adaptation_context():  # the heads are trained even under no_grad or inference mode
+            features = self.frozen_features(support_x, batch_dims=support_y.dim())
+            heads = self.task_head(ways, generator, tasks).to(features.device)
+            fit_heads(heads, features, support_y, self.head_fitting, generator)
+        return heads
 
 
 class BaselinePlusPlus(Baseline):
@@ -326,6 +381,6 @@ class BaselinePlusPlus(Baseline):
     def new_head(self, num_classes: int) -> nn.Module:
         return CosineHead(self.hparams.embedding_dim, num_classes, self.hparams.scale)
 
-    def task_head(self, ways: int, generator: torch.Generator) -> nn.Module:
+    def task_head(self, ways: int, generator: torch.Generator, tasks: int | None = None) -> nn.Module:
         scale = self.hparams.scale if self.classifier is None else float(self.classifier.scale.detach())
-        return CosineHead(self.hparams.embedding_dim, ways, scale, learn_scale=False, generator=generator)
+        return CosineHead(self.hparams.embedding_dim, ways, scale, learn_scale=False, generator=generator, tasks=tasks)

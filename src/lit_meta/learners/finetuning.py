@@ -4,9 +4,9 @@ The evaluation of the fine-tuning baselines of Chen, Liu, Kira, Wang & Huang (20
 Closer Look at Few-shot Classification", ICLR, arXiv:1904.04232, Section 3.1 "fine-tuning
 stage"): the feature extractor stays fixed, the support features are computed once, and a
 new classifier is trained on them from scratch by minimising the cross-entropy; a query is
-then labelled by ``head(features(query))``. :func:`fit_head` is that training loop, with the
-authors' settings as :class:`HeadFitting`'s defaults, and :class:`FineTunedClassifier` the
-resulting task model.
+then labelled by ``head(features(query))``. :func:`fit_heads` is that training loop, for one
+task or for all the tasks of a meta-batch at once, with the authors' settings as
+:class:`HeadFitting`'s defaults, and :class:`FineTunedClassifier` the resulting task model.
 """
 
 from __future__ import annotations
@@ -59,38 +59,48 @@ class HeadFitting:
             )
 
 
-def fit_head(
-    head: nn.Module, features: Tensor, labels: Tensor, fitting: HeadFitting, generator: torch.Generator
+def fit_heads(
+    heads: nn.Module, features: Tensor, labels: Tensor, fitting: HeadFitting, generator: torch.Generator
 ) -> None:
-    """Trains ``head`` in place on ``(features, labels)`` by mini-batch SGD on the cross-entropy.
+    """Trains ``heads`` in place on ``(features, labels)`` by mini-batch SGD on the cross-entropy.
+
+    One task, or a stack of tasks fitted at once: with leading task dimensions, ``heads``
+    holds one classifier per task (its parameters stacked, as :class:`~lit_meta.learners.baseline.LinearHead`
+    with ``tasks``) and the loss is the sum over the tasks of each task's mean
+    cross-entropy, so each task's slice of the gradient is that of its own loss; SGD's
+    update (weight decay and momentum included) is elementwise, so every task's head
+    follows the steps of a fit of that task alone. All tasks take their batches in the
+    same order, which is what separate fits from equally seeded generators draw.
 
     The order of each pass is drawn from ``generator`` (a CPU generator), never from the
     global random state, so the fit is a function of its inputs. Autograd is enabled
-    here, so the head is fitted even when called under ``torch.no_grad``; ``features``
+    here, so the heads are fitted even when called under ``torch.no_grad``; ``features``
     must not require gradients (nothing flows back into the network that made them).
 
     Args:
-        head: the classifier, ``[examples, D] -> [examples, ways]``, on the features' device.
-        features: ``[examples, D]`` support features.
-        labels: ``[examples]`` labels ``0 .. ways-1``.
+        heads: the classifier(s), ``[*tasks, examples, D] -> [*tasks, examples, ways]``, on the features' device.
+        features: ``[*tasks, examples, D]`` support features.
+        labels: ``[*tasks, examples]`` labels ``0 .. ways-1``.
         fitting: the optimisation settings.
         generator: draws the order of the examples in every pass.
     """
     optimizer = torch.optim.SGD(
-        head.parameters(),
+        heads.parameters(),
         lr=fitting.lr,
         momentum=fitting.momentum,
         dampening=fitting.dampening,
         weight_decay=fitting.weight_decay,
     )
-    examples = len(labels)
+    examples = labels.shape[-1]
     # All passes' orders at once: one host-to-device copy instead of one per pass.
     orders = torch.stack([torch.randperm(examples, generator=generator) for _ in range(fitting.epochs)])
     with torch.enable_grad():
         for order in orders.to(features.device):
             for batch in order.split(fitting.batch_size):
                 optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(head(features[batch]), labels[batch]).backward()
+                logits, targets = heads(features[..., batch, :]), labels[..., batch]
+                losses = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none")
+                losses.view(targets.shape).mean(-1).sum().backward()
                 optimizer.step()
 
 
