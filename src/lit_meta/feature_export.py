@@ -46,14 +46,13 @@ The learner's own network is never changed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
 import json
 import pickle
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +67,7 @@ from lit_meta.data.datasets import DATASETS, MetaDataset, build_dataset
 from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName
 from lit_meta.data.datasets.features import FeatureArrays
 from lit_meta.errors import DatasetError, LitMetaError
+from lit_meta.functional.params import evaluation_mode
 from lit_meta.learners.base import MetaLearner
 
 DEFAULT_BATCH_SIZE = 256
@@ -152,7 +152,7 @@ def embed_dataset(
     device = parameter.device if parameter is not None else torch.device("cpu")
     with torch.no_grad():
         prepared, batch_norm = _normalised_network(network, dataset, sources, batch_size, device)
-        with _eval_mode(prepared):
+        with evaluation_mode(prepared):
             features = {name: _embed(prepared, items, batch_size, device) for name, items in sources.items()}
     offsets = np.cumsum([0, *(sources[name].num_classes for name in ordered)])[:-1]
     return FeatureArrays(
@@ -181,18 +181,6 @@ def _embed(network: nn.Module, source: ClassIndexedDataset, batch_size: int, dev
         for start in range(0, len(source), batch_size)
     ]
     return torch.cat(parts).float().cpu().numpy()
-
-
-@contextlib.contextmanager
-def _eval_mode(network: nn.Module) -> Iterator[None]:
-    """``network`` in eval mode, then every submodule back in the mode it was in."""
-    modes = [(module, module.training) for module in network.modules()]
-    network.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _normalised_network(

@@ -4,13 +4,15 @@ Learners never mutate a backbone during adaptation: they run it with
 :func:`torch.func.functional_call` on task-specific dictionaries. These helpers
 build those dictionaries: which parameters adapt (all of them for MAML, only
 the head for ANIL) and which buffers BatchNorm sees; and they run the forward
-pass, with BatchNorm in training or evaluation behaviour whatever the module's mode.
+pass, with BatchNorm in training or evaluation behaviour whatever the module's mode, or set a
+module in evaluation mode for a while (:func:`evaluation_mode`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -212,3 +214,16 @@ class _ForcedBatchNorm(TorchFunctionMode):
         if self.momentum is not None:
             arg["momentum"] = self.momentum
         return func(**arg)
+
+
+@contextlib.contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` and its submodules in evaluation mode (BatchNorm on its running statistics, which
+    it then leaves alone), each given back the mode it had."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

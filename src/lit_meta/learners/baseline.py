@@ -20,10 +20,11 @@ from torch import Tensor, nn
 from lit_meta.data.datasets.base import ClassIndexedDataset
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import EpisodeConfigError
+from lit_meta.functional.params import evaluation_mode
 from lit_meta.learners.base import ClassScores, MetaLearner
 from lit_meta.learners.classification import Temperature, class_one_hot
 from lit_meta.learners.embedding import check_embedding_dim, embed
-from lit_meta.learners.finetuning import FineTunedClassifier, HeadFitting, evaluation_mode, fit_heads
+from lit_meta.learners.finetuning import FineTunedClassifier, HeadFitting, fit_heads
 
 
 def _uniform_weight(

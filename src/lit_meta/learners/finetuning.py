@@ -11,8 +11,7 @@ task or for all the tasks of a meta-batch at once, with the authors' settings as
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -102,19 +101,6 @@ def fit_heads(
                 losses = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), reduction="none")
                 losses.view(targets.shape).mean(-1).sum().backward()
                 optimizer.step()
-
-
-@contextlib.contextmanager
-def evaluation_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` and its submodules in evaluation mode (BatchNorm on its running statistics, which
-    it then leaves alone), each given back the mode it had."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 class FineTunedClassifier:
