@@ -78,6 +78,7 @@ def test_result(rows: list[dict[str, str]]) -> dict:
 
 def fit(name: str, config: Path, minutes: int, data: list[str], args: argparse.Namespace) -> dict:
     """``lit-meta fit`` of ``config`` for ``minutes``, validating every ``--val-every`` steps, then its test."""
+    name += args.tag
     save_dir = args.out / "logs" / name
     batch = yaml.safe_load(config.read_text())["data"].get("meta_batch_size", 1)
     command = [
@@ -108,6 +109,7 @@ def fit(name: str, config: Path, minutes: int, data: list[str], args: argparse.N
 
 def test(name: str, config: Path, checkpoint: str, data: list[str], args: argparse.Namespace) -> dict:
     """``lit-meta test`` of ``checkpoint`` on the episodes of ``config``."""
+    name += args.tag
     save_dir = args.out / "logs" / name
     command = [
         "test", "--config", str(config), *data, "--ckpt_path", checkpoint,
@@ -198,10 +200,28 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/lit-meta-omniglot-cache"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pretraining")
+    parser.add_argument("--tag", default="", help="suffix of the run names, to keep a second run of a stage apart")
+    parser.add_argument(
+        "--retest", nargs=2, action="append", default=[], metavar=("RUN", "OVERRIDE"),
+        help="instead of training: test the checkpoint of the recorded RUN again with one more lit-meta option "
+        "(e.g. meta_lstm_5w1s --model.init_args.eval_batch_norm=query_batch); repeatable",
+    )  # fmt: skip
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the recorded runs")
     args = parser.parse_args()
     if args.plot_only:
         plot(args.out)
+        return
+    if args.retest:
+        for run, override in args.retest:
+            recorded = json.loads((args.out / "logs" / run / "result.json").read_text())
+            config = Path(shlex.split(recorded["command"])[3])
+            data = [a for a in image_data_arguments(config, args)] + [override]
+            suffix = override.rsplit("=", 1)[-1]
+            r = test(f"{run}_test_{suffix}", config, recorded["checkpoint"], data, args)
+            print(
+                f"| {r['run']} | {r['acc']:.2f} ± {r['ci95']:.2f} | {override} | {r['wall_s'] / 60:.1f} min |",
+                flush=True,
+            )
         return
     if len(args.minutes) not in (1, len(args.stages)):
         parser.error(f"--minutes takes 1 value or one per stage ({len(args.stages)}), not {len(args.minutes)}")
