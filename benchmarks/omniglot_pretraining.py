@@ -179,7 +179,7 @@ def plot(out: Path) -> None:
     ax.set_xscale("symlog", linthresh=100)
     ax.set_xlabel("training step")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Omniglot 5-way, 2-core CPU; command in benchmarks/omniglot_pretraining.py")
+    ax.set_title("Omniglot 5-way on a 2-core CPU (benchmarks/omniglot_pretraining.py)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
