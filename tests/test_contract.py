@@ -11,8 +11,9 @@ one file plus one config, and both tests below cover it without an edit:
   to a fresh meta-test episode; ``lit-meta test`` reports the test metric with its 95% CI;
   and ``lit-meta adapt`` labels a folder of query images (image classification only, so not on features).
 
-Omniglot configs run on the procedural glyphs, and configs on ``dataset: features`` on features
-of the glyphs, as in ``tests/cli/test_configs.py``. Every run
+Omniglot configs run on the procedural glyphs, configs on ``dataset: features`` on features
+of the glyphs, and configs on ``dataset: image_folder`` on random images in a folder for every
+class they list, as in ``tests/cli/test_configs.py``. Every run
 is shrunk on the command line: one query per class, one task per step, one validation and two
 test episodes, gradient learners on the reference ``execution="loop"`` path and adapting with one
 step (``eval_inner_steps=1``). Each config then takes 2-7 s on 2 CPU cores (MAML 20-way 5-shot,
@@ -37,16 +38,20 @@ from lit_meta.data.episode import Episode
 from lit_meta.learners.registry import registered_learners, resolve_learner
 from tests.cli.test_configs import (
     CONFIGS,
+    IMAGE_FOLDER_CONFIGS,
+    IMAGE_FOLDER_IMAGES,
     SLOW,
     config_id,
     data_args,
     glyph_features,
     glyph_kwargs,
     glyph_root,
+    image_folder_root,
     load,
 )
 
-__all__ = ["glyph_root"]  # the session's glyph cache, a fixture shared with tests/cli/test_configs.py
+# the session's glyph cache and image folder, fixtures shared with tests/cli/test_configs.py
+__all__ = ["glyph_root", "image_folder_root"]
 
 STEPS = 2
 # Tiny episodes: one query per class, one task per step, two test episodes, one validation batch.
@@ -70,7 +75,7 @@ SMALL_TRAINER = [
 ]
 
 
-def small_data(config: dict[str, Any], glyph_root: Path) -> dict[str, Any]:
+def small_data(config: dict[str, Any], glyph_root: Path, image_folder_root: Path) -> dict[str, Any]:
     """The config's datamodule arguments changed for a tiny run (Omniglot becomes the glyphs)."""
     data, small = data_args(config), dict(SMALL_DATA)
     if data.get("dataset") == "omniglot":
@@ -79,13 +84,16 @@ def small_data(config: dict[str, Any], glyph_root: Path) -> dict[str, Any]:
         small.update(root=str(glyph_root))  # the session's cache of the default glyphs, not ~/.cache
     elif data.get("dataset") == "features":
         small.update(root=str(glyph_features(glyph_root, config)))
+    elif data.get("dataset") == "image_folder":
+        small.update(root=str(image_folder_root))  # the config's class lists and image size are kept
     return small
 
 
-def cli_args(config: dict[str, Any], glyph_root: Path) -> list[str]:
+def cli_args(config: dict[str, Any], glyph_root: Path, image_folder_root: Path) -> list[str]:
     """Overrides that run a config for a few tiny steps: its data shrunk, gradient learners on the loop path."""
     overrides = [
-        f"--data.{key}={'null' if value is None else value}" for key, value in small_data(config, glyph_root).items()
+        f"--data.{key}={'null' if value is None else value}"
+        for key, value in small_data(config, glyph_root, image_folder_root).items()
     ]
     arguments = init_arguments(resolve_learner(config["model"]["class_path"]))
     # execution="auto" times the paths on the first batch, longer than the whole run here.
@@ -98,20 +106,21 @@ def cli_args(config: dict[str, Any], glyph_root: Path) -> list[str]:
     return [*overrides, *SMALL_TRAINER]
 
 
-def fresh_test_episode(config: dict[str, Any], glyph_root: Path) -> Episode:
+def fresh_test_episode(config: dict[str, Any], glyph_root: Path, image_folder_root: Path) -> Episode:
     """The first episode of the meta-test split of the config's (shrunk) datamodule."""
-    datamodule = EpisodicDataModule(**{**data_args(config), **small_data(config, glyph_root)})
+    datamodule = EpisodicDataModule(**{**data_args(config), **small_data(config, glyph_root, image_folder_root)})
     datamodule.setup("test")
     return next(iter(datamodule.test_dataloader()))[0]
 
 
 def write_task_folders(episode: Episode, folder: Path) -> tuple[Path, Path]:
-    """``support/<class>/<i>.png`` and ``query/<i>.png`` from a glyph episode (ink 1.0 on black, as stored)."""
+    """``support/<class>/<i>.png`` and ``query/<i>.png`` from an episode of grey (glyphs) or RGB images."""
     support, query = folder / "support", folder / "query"
     query.mkdir(parents=True)
 
     def save(image: torch.Tensor, path: Path) -> None:
-        Image.fromarray(image[0].mul(255).round().to(torch.uint8).numpy()).save(path)
+        # [C, H, W] in [0, 1] to [H, W] (grey) or [H, W, 3] (RGB) bytes
+        Image.fromarray(image.mul(255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()).save(path)
 
     for i, (image, label) in enumerate(zip(episode.support_x, episode.support_y.tolist(), strict=True)):
         (support / f"class{label:02d}").mkdir(parents=True, exist_ok=True)
@@ -140,6 +149,15 @@ def test_every_registered_learner_has_a_config() -> None:
     assert not missing, f"registered learners without a config under configs/: {missing}"
 
 
+@pytest.mark.parametrize("path", IMAGE_FOLDER_CONFIGS, ids=config_id)
+def test_image_folder_episodes_fit_the_generated_images(path: Path, glyph_root: Path, image_folder_root: Path) -> None:
+    """The contract run's episodes (one query per class) fit the images of every generated class folder."""
+    config = load(path)
+    datamodule = EpisodicDataModule(**{**data_args(config), **small_data(config, glyph_root, image_folder_root)})
+    for split, shape in datamodule.shapes.items():
+        assert shape.shots + shape.queries <= IMAGE_FOLDER_IMAGES, (split, shape)
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -150,16 +168,22 @@ def test_every_registered_learner_has_a_config() -> None:
 def test_config_fits_checkpoints_loads_tests_and_adapts(
     path: Path,
     glyph_root: Path,
+    image_folder_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = load(path)
     learner_class = resolve_learner(config["model"]["class_path"])
-    episode = fresh_test_episode(config, glyph_root)
+    episode = fresh_test_episode(config, glyph_root, image_folder_root)
     regression = not episode.is_classification
     monkeypatch.chdir(tmp_path)  # the default CSV logger writes to the working directory
-    run = ["--config", str(path), *cli_args(config, glyph_root), f"--trainer.default_root_dir={tmp_path}"]
+    run = [
+        "--config",
+        str(path),
+        *cli_args(config, glyph_root, image_folder_root),
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
 
     # fit: a few steps, and a checkpoint of the last one
     checkpoints = tmp_path / "checkpoints"

@@ -3,10 +3,11 @@
 Every config runs through ``lit-meta fit``, ``test`` and ``adapt`` in the registry's
 contract test (``tests/test_contract.py``), on embedded data: Omniglot configs run on
 the procedural glyphs (also ``[1, 28, 28]`` images, 1,000 meta-train classes of 20
-drawings), and configs on pre-computed features (``dataset: features``) on features of
-the glyphs (:func:`glyph_features`), so nothing is downloaded. The helpers for that live here; the tests here
-check what the configs promise beyond a run (episodes that fit Omniglot's 20 drawings,
-the help text, errors for misspelled keys).
+drawings), configs on pre-computed features (``dataset: features``) on features of
+the glyphs (:func:`glyph_features`), and configs on ``dataset: image_folder`` on a folder of
+random images for every class they list (:func:`image_folder_root`), so nothing is downloaded.
+The helpers for that live here; the tests here check what the configs promise beyond a run
+(episodes that fit Omniglot's 20 drawings, the help text, errors for misspelled keys).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from lit_meta.backbones.mlp import MLP
 from lit_meta.cli import main
@@ -53,6 +56,9 @@ def config_id(path: Path) -> str:
 
 
 OMNIGLOT_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("dataset") == "omniglot"]
+IMAGE_FOLDER_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("dataset") == "image_folder"]
+IMAGE_FOLDER_IMAGES = 6
+"""Images of every generated class folder: a 5-shot episode plus the contract run's one query."""
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +66,29 @@ def glyph_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One glyph cache for the session: the images are generated once (~3 s), not per config."""
     root = tmp_path_factory.mktemp("glyphs")
     ProceduralGlyphs(root=str(root)).prepare()
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the session's ``image_folder`` configs: ``<class>/<i>.png`` for every class they list.
+
+    Each class folder named in a config's ``dataset_kwargs`` (``train_classes``, ``val_classes``,
+    ``test_classes``) holds :data:`IMAGE_FOLDER_IMAGES` random 16x16 RGB images; the dataset
+    resizes them to the config's ``image_size``.
+    """
+    root = tmp_path_factory.mktemp("image_folder")
+    classes = {
+        name
+        for path in IMAGE_FOLDER_CONFIGS
+        for key in ("train_classes", "val_classes", "test_classes")
+        for name in (data_args(load(path)).get("dataset_kwargs") or {}).get(key) or ()
+    }
+    generator = np.random.default_rng(0)
+    for name in sorted(classes):
+        (root / name).mkdir()
+        for i in range(IMAGE_FOLDER_IMAGES):
+            Image.fromarray(generator.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
     return root
 
 
