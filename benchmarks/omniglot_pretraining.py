@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument(
         "--retest", nargs=2, action="append", default=[], metavar=("RUN", "OVERRIDE"),
         help="instead of training: test the checkpoint of the recorded RUN again with one more lit-meta option "
-        "(e.g. meta_lstm_5w1s --model.init_args.eval_batch_norm=query_batch); repeatable",
+        "without its leading dashes (e.g. meta_lstm_5w1s model.init_args.eval_batch_norm=query_batch); repeatable",
     )  # fmt: skip
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the recorded runs")
     args = parser.parse_args()
@@ -215,7 +215,7 @@ def main() -> None:
         for run, override in args.retest:
             recorded = json.loads((args.out / "logs" / run / "result.json").read_text())
             config = Path(shlex.split(recorded["command"])[3])
-            data = [a for a in image_data_arguments(config, args)] + [override]
+            data = [*image_data_arguments(config, args), f"--{override}"]
             suffix = override.rsplit("=", 1)[-1]
             r = test(f"{run}_test_{suffix}", config, recorded["checkpoint"], data, args)
             print(
