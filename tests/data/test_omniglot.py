@@ -46,7 +46,9 @@ def _drawing_png(char_id: int, drawer: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_set(path: Path, name: str, alphabets: dict[str, int], first_id: int, broken: str | None = None) -> int:
+def _write_set(
+    path: Path, name: str, alphabets: dict[str, int], first_id: int, broken: str | None = None, drawers: int = DRAWERS
+) -> int:
     """Write one set's zip in the original layout; ``broken`` names a member to fill with garbage."""
     char_id = first_id
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -56,18 +58,24 @@ def _write_set(path: Path, name: str, alphabets: dict[str, int], first_id: int, 
             for number in range(1, count + 1):
                 folder = f"{name}/{alphabet}/character{number:02d}"
                 archive.writestr(f"{folder}/", b"")
-                for drawer in range(1, DRAWERS + 1):
+                for drawer in range(1, drawers + 1):
                     member = f"{folder}/{char_id:04d}_{drawer:02d}.png"
                     archive.writestr(member, b"not a png" if member == broken else _drawing_png(char_id, drawer))
                 char_id += 1
     return char_id
 
 
-def make_release(folder: Path, broken: str | None = None) -> Path:
-    """Both zips of a tiny release in ``folder``; returns ``folder``."""
+def make_release(
+    folder: Path,
+    broken: str | None = None,
+    drawers: int = DRAWERS,
+    background: dict[str, int] = BACKGROUND,
+    evaluation: dict[str, int] = EVALUATION,
+) -> Path:
+    """Both zips of a tiny release in ``folder`` (``drawers`` drawings per character); returns ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    next_id = _write_set(folder / "images_background.zip", "images_background", BACKGROUND, 1, broken)
-    _write_set(folder / "images_evaluation.zip", "images_evaluation", EVALUATION, next_id, broken)
+    next_id = _write_set(folder / "images_background.zip", "images_background", background, 1, broken, drawers)
+    _write_set(folder / "images_evaluation.zip", "images_evaluation", evaluation, next_id, broken, drawers)
     return folder
 
 

@@ -1,0 +1,84 @@
+"""The README's Python blocks run as written, in order, in one namespace, as a reader runs them.
+
+Nothing in the README is edited at test time. What makes the run short and offline lives
+here: a fixture puts a tiny generated Omniglot release where the data-layer example looks
+for it (``data/omniglot``, so nothing is downloaded), points the glyph cache at the
+session's, runs in an empty working directory, and caps every ``lightning.Trainer`` at
+:data:`MAX_STEPS` training steps and one validation/test/predict batch
+(``LIT_META_README_STEPS`` changes the cap). A failure names the README line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning
+import lightning.pytorch
+import pytest
+
+from tests.cli.test_configs import glyph_root
+from tests.conftest import REPO_ROOT
+from tests.data.test_omniglot import make_release
+
+__all__ = ["glyph_root"]  # the session's glyph cache, a fixture shared with tests/cli/test_configs.py
+
+README = REPO_ROOT / "README.md"
+MAX_STEPS = int(os.environ.get("LIT_META_README_STEPS", "3"))
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """``(first line number, code)`` of every fenced ``python`` block, in order."""
+    blocks = []
+    for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
+        blocks.append((text.count("\n", 0, match.start(1)) + 1, match.group(1)))
+    return blocks
+
+
+class ShortTrainer(lightning.Trainer):
+    """A ``Trainer`` whose run is cut to :data:`MAX_STEPS` steps and one batch per evaluation."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        steps = kwargs.get("max_steps", -1)
+        kwargs["max_steps"] = MAX_STEPS if steps is None or steps < 0 else min(steps, MAX_STEPS)
+        if isinstance(kwargs.get("val_check_interval"), int):
+            kwargs["val_check_interval"] = min(kwargs["val_check_interval"], MAX_STEPS)
+        for name in ("limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+            kwargs.setdefault(name, 1)
+        kwargs.setdefault("enable_progress_bar", False)
+        super().__init__(*args, **kwargs)
+
+
+@pytest.fixture
+def readme_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, glyph_root: Path) -> Path:
+    # 4 x 10 characters with 16 drawings each: the data-layer example's 5-way 1-shot 15-query episodes.
+    make_release(
+        tmp_path / "data" / "omniglot",
+        drawers=16,
+        background={"Arcadian": 10, "Tagalog": 10, "Bengali": 10},
+        evaluation={"Angelic": 10},
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LIT_META_CACHE", str(glyph_root))
+    monkeypatch.setattr(lightning, "Trainer", ShortTrainer)
+    monkeypatch.setattr(lightning.pytorch, "Trainer", ShortTrainer)
+    return tmp_path
+
+
+def test_readme_has_the_python_examples() -> None:
+    blocks = python_blocks(README.read_text())
+    assert len(blocks) >= 8, "the README's Python examples were not found: did the fences change?"
+
+
+def test_readme_python_blocks_run_as_written(readme_workspace: Path) -> None:
+    namespace: dict[str, Any] = {"__name__": "readme"}
+    for line, code in python_blocks(README.read_text()):
+        # Padding keeps the README's line numbers in tracebacks.
+        compiled = compile("\n" * (line - 1) + code, str(README), "exec")
+        try:
+            exec(compiled, namespace)
+        except Exception:
+            pytest.fail(f"the README's Python block at line {line} failed:\n{traceback.format_exc()}", pytrace=False)
