@@ -345,7 +345,12 @@ def test_progress_is_reported_on_stderr(site: Site, tmp_path: Path, capsys: pyte
 
 
 def _extracted_files(root: Path) -> dict[str, bytes]:
-    return {path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    """Every file under ``root`` but extract_archive's own records of what it extracted."""
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in root.rglob("*")
+        if path.is_file() and not path.name.startswith(".lit-meta-extracted-")
+    }
 
 
 @pytest.mark.parametrize(
@@ -367,16 +372,24 @@ def test_extract_gives_the_archive_members(tmp_path: Path, name: str, data: byte
         assert (image.mode, image.size) == ("1", (105, 105))
 
 
-def test_extract_replaces_an_existing_top_level_folder(tmp_path: Path) -> None:
+def test_extract_replaces_its_own_earlier_extraction(tmp_path: Path) -> None:
     archive = tmp_path / "images_background.zip"
-    archive.write_bytes(ZIP)
-    (tmp_path / "images_background").mkdir()
-    (tmp_path / "images_background" / "stale.png").write_bytes(b"old")
+    archive.write_bytes(_zip_bytes({"images_background/old.png": b"old"}))
     (tmp_path / "unrelated.txt").write_text("kept")
     assert extract_archive(archive, tmp_path) == [tmp_path / "images_background"]
-    assert not (tmp_path / "images_background" / "stale.png").exists()
+    archive.write_bytes(ZIP)  # a new version of the archive replaces what the old one extracted
+    assert extract_archive(archive, tmp_path) == [tmp_path / "images_background"]
+    assert not (tmp_path / "images_background" / "old.png").exists()
+    assert _extracted_files(tmp_path / "images_background") == {
+        name.removeprefix("images_background/"): data for name, data in MEMBERS.items()
+    }
     assert (tmp_path / "unrelated.txt").read_text() == "kept"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images_background", "images_background.zip", "unrelated.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lit-meta-extracted-images_background.zip.json",
+        "images_background",
+        "images_background.zip",
+        "unrelated.txt",
+    ]
 
 
 def _crc_broken_zip() -> bytes:
@@ -485,6 +498,10 @@ def test_download_and_extract_from_the_server(site: Site, tmp_path: Path) -> Non
         name.removeprefix("images_background/"): data for name, data in MEMBERS.items()
     }
     assert (root / "images_background.zip").read_bytes() == ZIP
-    assert sorted(p.name for p in root.iterdir()) == ["images_background", "images_background.zip"]
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".lit-meta-extracted-images_background.zip.json",
+        "images_background",
+        "images_background.zip",
+    ]
     download_and_extract(url, root, f"sha256:{_sha256(ZIP)}", filename="images_background.zip")
     assert len(site.requests) == 1

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import http.client
+import json
 import lzma
 import os
 import re
@@ -36,6 +37,9 @@ from lit_meta.errors import ChecksumError, DatasetError, UnsafeArchiveError
 # Some hosts refuse urllib's default User-Agent. The version is left out because lit_meta/__init__ imports
 # this module before it defines __version__.
 USER_AGENT = "lit-meta (+https://pypi.org/project/lit-meta/) Python-urllib"
+
+# URL schemes download_url reads: HTTP(S) with resume and retries, file:// as a local copy.
+_SCHEMES = ("http", "https", "file")
 
 _HEX_DIGITS = {"md5": 32, "sha256": 64}
 _HEX = re.compile(r"[0-9a-f]+")
@@ -103,23 +107,30 @@ def download_url(
 ) -> Path:
     """Downloads ``url`` to ``path``, resuming and retrying as needed, and verifies it.
 
+    ``url`` is an ``http://`` or ``https://`` address, or a ``file://`` URL of a local file (a mirror on a
+    shared file system, for machines without internet: ``Path("/shared/x.zip").as_uri()`` gives
+    ``file:///shared/x.zip``). Any other scheme is refused before anything is read or written.
+
     A file already at ``path`` is returned without any request, provided it matches ``checksum`` when one
     is given; one that does not match is downloaded again and replaced once the new copy verifies.
 
-    The transfer streams into ``<path>.part``. When that file exists from an interrupted transfer, the
+    An HTTP transfer streams into ``<path>.part``. When that file exists from an interrupted transfer, the
     download resumes with an HTTP ``Range`` request; a server that ignores ranges sends the whole file
     again, which then replaces the part. Dropped connections, timeouts and incomplete bodies are retried
     up to ``retries`` times (after 1 s, 2 s, 4 s, ...), each time resuming from the bytes received so far.
-    Only a complete, verified file is moved to ``path``, atomically.
+    A ``file://`` source is copied in one go into a temporary file beside ``path`` (no resuming, no
+    retries: a missing file fails at once), which is deleted if the copy fails. Either way only a complete,
+    verified file is moved to ``path``, atomically, and a failure leaves a ``.part`` file only when it
+    holds received bytes that a later call resumes from (the error message then says so).
 
     Args:
-        url: what to download.
+        url: what to download: an ``http``, ``https`` or ``file`` URL.
         path: where the file goes; missing parent folders are created.
         checksum: the expected hash, in a form :func:`verify_checksum` accepts; None skips verification.
-        timeout: seconds to wait for the connection and for each read.
+        timeout: seconds to wait for the connection and for each read (HTTP).
         chunk_size: bytes read and written at a time.
-        retries: how many times a transient failure is retried before giving up.
-        progress: report the share received so far on stderr.
+        retries: how many times a transient HTTP failure is retried before giving up.
+        progress: report the share received so far on stderr (HTTP).
 
     Returns:
         ``path``, as a :class:`~pathlib.Path`.
@@ -127,44 +138,119 @@ def download_url(
     Raises:
         ChecksumError: the downloaded file has another hash; the partial file is deleted, nothing is
             written to ``path``.
-        DatasetError: the server answered with an error, or the transfer still failed after ``retries``
-            retries (the partial file is kept, so calling again resumes it).
+        DatasetError: the URL's scheme is not supported, a ``file://`` source does not exist or cannot be
+            read, the server answered with an error, or the transfer still failed after ``retries`` retries
+            (the partial file is kept, so calling again resumes it).
     """
     if retries < 0:
         raise ValueError(f"retries={retries}: the number of retries cannot be negative; use retries >= 0")
     if checksum is not None:
         _parse_checksum(checksum)  # a malformed checksum fails now, not after a long download
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in _SCHEMES:
+        problem = f"unsupported URL scheme {scheme}://" if scheme else "not a URL (no scheme)"
+        raise DatasetError(
+            f"{url}: {problem}; lit-meta downloads http:// and https:// URLs and copies file:// ones. "
+            "For a local copy pass its file:// URL, "
+            f"e.g. {Path('/shared/mirror/file.zip').as_uri()}"
+        )
     path = Path(path)
     if path.exists() and (checksum is None or _checksum_mismatch(path, checksum) is None):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    if scheme == "file":
+        _copy_local(url, path, checksum, chunk_size=chunk_size)
+    else:
+        _download_http(url, path, checksum, timeout=timeout, chunk_size=chunk_size, retries=retries, progress=progress)
+    return path
+
+
+def _download_http(
+    url: str, path: Path, checksum: str | None, *, timeout: float, chunk_size: int, retries: int, progress: bool
+) -> None:
+    """The HTTP(S) transfer of :func:`download_url`, through ``<path>.part``."""
     part = path.with_name(path.name + ".part")
-    for attempt in range(retries + 1):
+    try:
+        for attempt in range(retries + 1):
+            try:
+                _fetch(url, part, timeout=timeout, chunk_size=chunk_size, progress=progress)
+                break
+            except (OSError, http.client.HTTPException) as err:
+                if not _is_transient(err):
+                    if isinstance(err, urllib.error.URLError):
+                        raise DatasetError(
+                            f"downloading {url} failed: {err}; check that the URL is right{_kept_bytes(part)}"
+                        ) from err
+                    raise
+                if attempt == retries:
+                    raise DatasetError(
+                        f"downloading {url} failed after {retries + 1} attempts ({type(err).__name__}: {err})"
+                        f"{_kept_bytes(part)}"
+                    ) from err
+                time.sleep(_RETRY_DELAY_S * 2**attempt)
+    except BaseException:
+        # An empty part holds nothing to resume from; one with bytes is kept, as the message says.
+        if part.exists() and part.stat().st_size == 0:
+            part.unlink()
+        raise
+    _install(part, path, checksum, f"{url} downloaded to {path}", "call again to download it afresh")
+
+
+def _kept_bytes(part: Path) -> str:
+    """What a failed transfer leaves for the next call to resume, as the end of an error message."""
+    received = part.stat().st_size if part.exists() else 0
+    if not received:
+        return ""
+    return f". {part} keeps the {received} bytes received; call again to resume from there."
+
+
+def _copy_local(url: str, path: Path, checksum: str | None, *, chunk_size: int) -> None:
+    """The ``file://`` copy of :func:`download_url`: into a temporary file beside ``path``, then moved."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise DatasetError(
+            f"{url}: file:// URLs on another host ({parts.netloc}) are not supported; mount the file system "
+            "and pass file:///<absolute path> (three slashes)"
+        )
+    source = Path(urllib.request.url2pathname(parts.path))
+    if not source.is_file():
+        problem = "is not a file" if source.exists() else "does not exist"
+        raise DatasetError(
+            f"{url}: {source} {problem}; check the mirror's path (a file:// URL holds an absolute path, "
+            f"e.g. {Path('/shared/mirror/file.zip').as_uri()})"
+        )
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    copy = Path(name)
+    try:
         try:
-            _fetch(url, part, timeout=timeout, chunk_size=chunk_size, progress=progress)
-            break
-        except (OSError, http.client.HTTPException) as err:
-            if not _is_transient(err):
-                if isinstance(err, urllib.error.URLError):
-                    raise DatasetError(f"downloading {url} failed: {err}; check that the URL is right") from err
-                raise
-            if attempt == retries:
-                received = part.stat().st_size if part.exists() else 0
-                raise DatasetError(
-                    f"downloading {url} failed after {retries + 1} attempts ({type(err).__name__}: {err}). "
-                    f"{part} keeps the {received} bytes received; call again to resume from there."
-                ) from err
-            time.sleep(_RETRY_DELAY_S * 2**attempt)
+            with os.fdopen(handle, "wb") as out, source.open("rb") as src:
+                shutil.copyfileobj(src, out, chunk_size)
+        except OSError as err:
+            raise DatasetError(f"copying {source} to {path} failed: {err}") from err
+        _install(copy, path, checksum, f"{url} copied to {path}", f"replace {source} with a good copy")
+    finally:
+        copy.unlink(missing_ok=True)
+
+
+def _install(part: Path, path: Path, checksum: str | None, what: str, fix: str) -> None:
+    """Moves a complete transfer ``part`` to ``path`` once it matches ``checksum``; deletes it if not.
+
+    Args:
+        part: the transferred file.
+        path: its final place.
+        checksum: the expected hash, or None.
+        what: the transfer, for the error message ("<url> downloaded to <path>").
+        fix: what to do about a mismatch, for the error message.
+    """
     if checksum is not None:
         mismatch = _checksum_mismatch(part, checksum)
         if mismatch is not None:
             part.unlink()
             raise ChecksumError(
-                f"{url} downloaded to {path}: {mismatch}. The download was deleted; call again to download it "
-                "afresh. If the hashes differ again, the file on the server or the expected checksum has changed."
+                f"{what}: {mismatch}. The transferred file was deleted and nothing was written to {path}; "
+                f"{fix}. If the hashes differ again, the source file or the expected checksum has changed."
             )
     os.replace(part, path)
-    return path
 
 
 def extract_archive(archive: str | Path, dest_dir: str | Path) -> list[Path]:
@@ -174,9 +260,19 @@ def extract_archive(archive: str | Path, dest_dir: str | Path) -> list[Path]:
     component, a symbolic or hard link, or a device or other special file rejects the whole archive.
     Both ``/`` and ``\\`` count as separators in member names. The members are written into a temporary
     folder inside ``dest_dir`` and its top-level entries are moved into ``dest_dir`` only once all of
-    them are written, so a failure leaves ``dest_dir`` as it was. A top-level entry that already exists in
-    ``dest_dir`` (say, a folder from an earlier extraction) is deleted first and replaced, so the result
-    holds exactly the archive's content rather than a merge with older files.
+    them are written, so a failure leaves ``dest_dir`` as it was.
+
+    Nothing lit-meta did not create is deleted or merged into. Each extraction records what it wrote in
+    a marker file, ``dest_dir/.lit-meta-extracted-<archive name>.json``, written before the entries are
+    moved into place and marked complete after. So:
+
+    * extracting the same, unchanged archive again returns at once (the marker is complete and names the
+      archive's size and modification time, and every entry is there);
+    * an entry from an earlier extraction of this archive (complete, or cut short by a crash) is
+      replaced, provided it holds only files that extraction wrote;
+    * any other existing entry of the same name (the user's folder or file, or one holding files the
+      user added) stops the extraction with :class:`~lit_meta.errors.DatasetError` naming it, before
+      anything is written.
 
     Files are written with default permissions; the archive's modes, owners and times are not restored.
 
@@ -185,27 +281,39 @@ def extract_archive(archive: str | Path, dest_dir: str | Path) -> list[Path]:
         dest_dir: the folder to extract into; created if missing.
 
     Returns:
-        The top-level paths created in ``dest_dir``, sorted.
+        The top-level paths of the archive's content in ``dest_dir``, sorted.
 
     Raises:
         UnsafeArchiveError: a member could write outside ``dest_dir`` or is not a plain file or folder;
             nothing is written.
-        DatasetError: the archive is missing, of an unknown type, truncated or corrupt; nothing is written.
+        DatasetError: the archive is missing, of an unknown type, truncated or corrupt, or one of its
+            top-level entries exists in ``dest_dir`` and was not extracted there by lit-meta; nothing is
+            written.
     """
     archive = Path(archive)
     dest_dir = Path(dest_dir)
     if not archive.is_file():
         raise DatasetError(f"{archive}: no such archive; download it first")
+    marker = _ExtractionMarker(archive, dest_dir)
+    done = marker.completed_entries()
+    if done is not None:
+        return done
     try:
         with _archive_members(archive) as members:
             for member in members:
                 _check_member(archive, member)
+            files = sorted({"/".join(parts) for m in members if m.kind == "file" and (parts := _member_parts(m.name))})
+            top_level = sorted({parts[0] for m in members if (parts := _member_parts(m.name))})
+            marker.check_replaceable(top_level)
             dest_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest_dir))
             try:
                 for member in members:
                     _write_member(staging, member)
-                return _move_top_level_entries(staging, dest_dir)
+                marker.write(top_level, files, complete=False)
+                created = _move_top_level_entries(staging, dest_dir)
+                marker.write(top_level, files, complete=True)
+                return created
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except _CORRUPT_ARCHIVE_ERRORS as err:
@@ -214,6 +322,93 @@ def extract_archive(archive: str | Path, dest_dir: str | Path) -> list[Path]:
         if err.errno is not None:
             raise
         raise _corrupt_archive_error(archive, err) from err
+
+
+class _ExtractionMarker:
+    """The record of what :func:`extract_archive` wrote from ``archive`` into ``dest_dir``.
+
+    A JSON file ``dest_dir/.lit-meta-extracted-<archive name>.json`` holding the archive's size and
+    modification time, the top-level entries, the member files (relative paths) and whether the
+    extraction completed.
+    """
+
+    FORMAT = 1
+
+    def __init__(self, archive: Path, dest_dir: Path) -> None:
+        self.archive = archive
+        self.dest_dir = dest_dir
+        self.path = dest_dir / f".lit-meta-extracted-{archive.name}.json"
+
+    def _archive_stamp(self) -> dict[str, int]:
+        info = self.archive.stat()
+        return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino}
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("format") != self.FORMAT:
+            return None
+        return record
+
+    def completed_entries(self) -> list[Path] | None:
+        """The entries of a completed extraction of this very archive that are all still there, else None."""
+        record = self._read()
+        if record is None or not record.get("complete") or record.get("archive") != self._archive_stamp():
+            return None
+        entries = [self.dest_dir / name for name in record["entries"]]
+        return entries if all(entry.exists() for entry in entries) else None
+
+    def check_replaceable(self, top_level: list[str]) -> None:
+        """Raises DatasetError unless every existing entry named in ``top_level`` is lit-meta's own."""
+        record = self._read() or {}
+        ours = set(record.get("entries", []))
+        files = set(record.get("files", []))
+        for name in top_level:
+            target = self.dest_dir / name
+            if not (target.exists() or target.is_symlink()):
+                continue
+            if name not in ours:
+                problem = "was not extracted there by lit-meta"
+            elif (stranger := _file_not_in(target, name, files)) is not None:
+                problem = f"holds {stranger}, which lit-meta did not extract"
+            else:
+                continue
+            raise DatasetError(
+                f"cannot extract {self.archive} into {self.dest_dir}: {target} already exists and {problem}, and "
+                f"lit-meta deletes nothing it did not create; nothing was extracted. Move {target} away (or delete "
+                f"it), or extract somewhere else (point the dataset's root at another folder)"
+            )
+
+    def write(self, top_level: list[str], files: list[str], *, complete: bool) -> None:
+        record = {
+            "format": self.FORMAT,
+            "archive": self._archive_stamp(),
+            "entries": top_level,
+            "files": files,
+            "complete": complete,
+        }
+        handle, name = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".tmp", dir=self.dest_dir)
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(record, out)
+            os.replace(name, self.path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+
+
+def _file_not_in(target: Path, name: str, files: set[str]) -> Path | None:
+    """A file or link under ``target`` (the top-level entry ``name``) that is not among ``files``, or None."""
+    if target.is_symlink() or not target.is_dir():
+        return None if name in files and not target.is_symlink() else target
+    for folder, subfolders, names in os.walk(target):
+        for entry in [*names, *(d for d in subfolders if Path(folder, d).is_symlink())]:
+            path = Path(folder, entry)
+            if path.relative_to(target.parent).as_posix() not in files:
+                return path
+    return None
 
 
 def download_and_extract(
@@ -481,6 +676,7 @@ def _write_member(staging: Path, member: _Member) -> None:
 
 
 def _move_top_level_entries(staging: Path, dest_dir: Path) -> list[Path]:
+    """Moves the staged entries into ``dest_dir``, replacing earlier ones that :class:`_ExtractionMarker` owns."""
     created = []
     for entry in sorted(staging.iterdir()):
         target = dest_dir / entry.name

@@ -118,7 +118,9 @@ class Omniglot(MetaDataset):
         download: fetch absent files (:meth:`prepare`); when ``False`` absent files raise
             :class:`~lit_meta.errors.DatasetError`.
         mirror: base URL to download from instead of the original release, e.g.
-            ``"https://example.org/omniglot"``; the zip's file name is appended.
+            ``"https://example.org/omniglot"``, or a ``file://`` URL of a local folder holding
+            the zips (``"file:///shared/mirrors/omniglot"``, copied, for machines without
+            internet); the zip's file name is appended.
         cache_dir: folder of the decoded cache; default: where the files are.
         cache: read and write the decoded cache.
         precompute_rotations: store every rotated copy of a split's images (memory per
