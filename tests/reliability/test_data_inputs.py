@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 
+from lit_meta import EpisodicDataModule
 from lit_meta.data import download
 from lit_meta.data.datasets import Omniglot
 from lit_meta.data.download import download_and_extract, download_url, extract_archive
-from lit_meta.errors import ChecksumError, DatasetError
+from lit_meta.errors import ChecksumError, DatasetError, EpisodeConfigError
+from tests.conftest import TinyImages
 from tests.data import test_download as loopback
 from tests.data.test_omniglot import _resources, make_release
 
@@ -104,6 +107,58 @@ def test_case_04_an_extraction_cut_short_is_replaced(tmp_path: Path, monkeypatch
     assert (tmp_path / "a").is_dir() and not (tmp_path / "b").exists()
     assert extract_archive(archive, tmp_path) == [tmp_path / "a", tmp_path / "b"]
     assert _tree(tmp_path / "a") == {"1.txt": b"1"} and _tree(tmp_path / "b") == {"2.txt": b"2"}
+
+
+# --- case 5: a meta-batch that an epoch cannot fill -----------------------------------------------------------------
+
+
+def _datamodule(**kwargs: int) -> EpisodicDataModule:
+    shape = dict(ways=3, shots=1, queries=2, val_episodes=4, test_episodes=4)
+    return EpisodicDataModule(TinyImages(), **{**shape, **kwargs})
+
+
+def test_case_05_meta_batch_larger_than_epoch() -> None:
+    with pytest.raises(EpisodeConfigError) as raised:
+        _datamodule(meta_batch_size=64, train_episodes=10)
+    assert str(raised.value) == (
+        "meta_batch_size=64 but train_episodes=10 per epoch: every training step would hold 10 tasks, not 64. "
+        "Raise train_episodes to at least 64, or lower meta_batch_size to at most 10"
+    )
+
+
+def test_case_05_meta_batch_larger_than_each_ranks_share() -> None:
+    dm = _datamodule(meta_batch_size=6, train_episodes=8)  # fits one process, not two
+    dm.setup("fit")
+    dm.samplers["train"].num_replicas = 2  # as under DDP with 2 ranks, each drawing 4 episodes
+    with pytest.raises(EpisodeConfigError) as raised:
+        dm.train_dataloader()
+    message = str(raised.value)
+    assert "meta_batch_size=6 but each of the 2 ranks draws only 4 of the train_episodes=8" in message
+    assert "Raise train_episodes to at least 12 (meta_batch_size x 2 ranks), or lower meta_batch_size to at most 4" in (
+        message
+    )
+
+
+def test_case_05_a_shorter_last_step_is_said_once() -> None:
+    dm = _datamodule(meta_batch_size=4, train_episodes=10)
+    dm.setup("fit")
+    with pytest.warns(
+        UserWarning,
+        match=r"train_episodes=10 .* not a multiple of meta_batch_size=4: each epoch ends "
+        r"with a step of 2 tasks \(every episode is used\)",
+    ):
+        loader = dm.train_dataloader()
+    assert [len(batch) for batch in loader] == [4, 4, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm.train_dataloader()  # said once
+
+
+def test_case_05_evaluation_batches_may_be_partial_but_cover_every_episode() -> None:
+    dm = _datamodule(meta_batch_size=2, train_episodes=8, eval_meta_batch_size=10, val_episodes=3, test_episodes=13)
+    dm.setup()
+    assert [len(batch) for batch in dm.val_dataloader()] == [3]
+    assert [len(batch) for batch in dm.test_dataloader()] == [10, 3]
 
 
 # --- case 9: file:// mirrors, unsupported schemes, no leftover .part -----------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lit_meta.data.datasets import MetaDataset, build_dataset
@@ -53,9 +54,16 @@ class EpisodicDataModule(L.LightningDataModule):
             testing (Snell et al., 2017). Likewise ``train_shots``,
             ``train_queries``, ``eval_ways``, ``eval_shots``, ``eval_queries``
             (``eval`` = validation and test).
-        meta_batch_size: tasks per training step.
+        meta_batch_size: tasks per training step. An epoch must fill at least one step:
+            ``meta_batch_size`` larger than ``train_episodes`` (or, under DDP, than the
+            ``ceil(train_episodes / world_size)`` episodes of each rank) raises
+            :class:`~lit_meta.errors.EpisodeConfigError`. When the episodes of an epoch are
+            not a multiple of it, the epoch ends with a shorter step (every episode is
+            used, none dropped) and a warning says so once.
         eval_meta_batch_size: tasks per validation/test step; default ``meta_batch_size``.
-        train_episodes: training episodes per epoch.
+            The last validation/test step may hold fewer tasks (all of the episodes when
+            they are fewer than a step); evaluation covers every episode either way.
+        train_episodes: training episodes per epoch (over all ranks).
         val_episodes: validation episodes (fixed across epochs).
         test_episodes: test episodes (fixed; 600 as in the literature).
         num_workers: DataLoader worker processes.
@@ -106,15 +114,16 @@ class EpisodicDataModule(L.LightningDataModule):
                 f"meta_batch_size={meta_batch_size}, eval_meta_batch_size={eval_meta_batch_size}: "
                 "a step needs at least one task"
             )
+        if 0 < train_episodes < meta_batch_size:
+            raise EpisodeConfigError(_unfilled_step_message(meta_batch_size, train_episodes, train_episodes, 1))
         if num_workers < 0:
             raise EpisodeConfigError(f"num_workers={num_workers}: use 0 (load in the main process) or more")
         check_support_order(support_order)
         # Episode shapes are checked here so a bad config fails before any data is read.
-        self.shapes: dict[SplitName, EpisodeShape] = {
-            "train": EpisodeShape(train_ways or ways, train_shots or shots, train_queries or queries),
-            "val": EpisodeShape(eval_ways or ways, eval_shots or shots, eval_queries or queries),
-            "test": EpisodeShape(eval_ways or ways, eval_shots or shots, eval_queries or queries),
-        }
+        # An explicit 0 is an error of the shape, not a request for the default.
+        train_shape = EpisodeShape(*map(_or_default, (train_ways, train_shots, train_queries), (ways, shots, queries)))
+        eval_shape = EpisodeShape(*map(_or_default, (eval_ways, eval_shots, eval_queries), (ways, shots, queries)))
+        self.shapes: dict[SplitName, EpisodeShape] = {"train": train_shape, "val": eval_shape, "test": eval_shape}
         if isinstance(dataset, str):
             dataset = build_dataset(dataset, root=root, **(dataset_kwargs or {}))
         elif dataset_kwargs:
@@ -131,6 +140,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.empty_splits: set[SplitName] = set()  # splits without classes (the dataset's has_split): no sampler
         self._pending_sampler_state: dict[str, Any] = {}
         self._limit_val_batches: int | float | None = None  # the Trainer's own, while validation is off
+        self._said_short_step = False  # the warning about an epoch's shorter last training step
 
     def prepare_data(self) -> None:
         """Download or generate what the dataset lacks (once per node)."""
@@ -181,6 +191,8 @@ class EpisodicDataModule(L.LightningDataModule):
 
         Raises:
             DatasetError: if the dataset has no classes for ``split`` (see :attr:`empty_splits`).
+            EpisodeConfigError: for ``"train"``, if this rank's episodes per epoch cannot fill
+                one step of ``meta_batch_size`` tasks.
         """
         if split not in self.samplers:
             self.setup()
@@ -191,6 +203,8 @@ class EpisodicDataModule(L.LightningDataModule):
                 f"with {split} classes (Omniglot: split='vinyals' or 'lake'), or do not ask for {split} episodes"
                 f"{skip if split == 'val' else ''}"
             )
+        if split == "train":
+            self._check_train_steps()
         workers = self.hparams.num_workers
         return DataLoader(
             EpisodeDataset(self.splits[split]),
@@ -201,6 +215,24 @@ class EpisodicDataModule(L.LightningDataModule):
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
         )
+
+    def _check_train_steps(self) -> None:
+        """Every training step gets ``meta_batch_size`` tasks but perhaps the last of an epoch, which says so.
+
+        Checked when the loader is built, as the world size (DDP) is known only then.
+        """
+        sampler, batch = self.samplers["train"], self.batch_sizes["train"]
+        per_rank, ranks = len(sampler), sampler.num_replicas
+        if batch > per_rank:
+            raise EpisodeConfigError(_unfilled_step_message(batch, sampler.num_episodes, per_rank, ranks))
+        if per_rank % batch and not self._said_short_step:
+            self._said_short_step = True
+            on_each = f" on each of {ranks} ranks" if ranks > 1 else ""
+            rank_zero_warn(
+                f"train_episodes={sampler.num_episodes} gives {per_rank} episodes per epoch{on_each}, not a multiple "
+                f"of meta_batch_size={batch}: each epoch ends with a step of {per_rank % batch} tasks (every episode "
+                f"is used). Set train_episodes to a multiple of {batch * ranks} for equal steps"
+            )
 
     def train_dataloader(self) -> DataLoader:
         return self.episode_loader("train")
@@ -244,3 +276,21 @@ class EpisodicDataModule(L.LightningDataModule):
                 self.samplers[split].load_state_dict(state)
             else:
                 self._pending_sampler_state[split] = state
+
+
+def _or_default(value: int | None, default: int) -> int:
+    """``value``, or ``default`` when it is None."""
+    return default if value is None else value
+
+
+def _unfilled_step_message(meta_batch_size: int, train_episodes: int, per_rank: int, ranks: int) -> str:
+    """Why ``meta_batch_size`` tasks per step do not fit in an epoch, and the fix."""
+    if ranks > 1:
+        drawn = f"each of the {ranks} ranks draws only {per_rank} of the train_episodes={train_episodes} of an epoch"
+        needed = f"{meta_batch_size * ranks} (meta_batch_size x {ranks} ranks)"
+    else:
+        drawn, needed = f"train_episodes={train_episodes} per epoch", str(meta_batch_size)
+    return (
+        f"meta_batch_size={meta_batch_size} but {drawn}: every training step would hold {per_rank} tasks, not "
+        f"{meta_batch_size}. Raise train_episodes to at least {needed}, or lower meta_batch_size to at most {per_rank}"
+    )
