@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -109,21 +112,29 @@ class EpisodicDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=[] if isinstance(dataset, str) else ["dataset"])
-        if meta_batch_size < 1 or (eval_meta_batch_size is not None and eval_meta_batch_size < 1):
-            raise EpisodeConfigError(
-                f"meta_batch_size={meta_batch_size}, eval_meta_batch_size={eval_meta_batch_size}: "
-                "a step needs at least one task"
-            )
+        for option, size in (("meta_batch_size", meta_batch_size), ("eval_meta_batch_size", eval_meta_batch_size)):
+            if size is not None and size < 1:
+                raise EpisodeConfigError(f"{option}={size}: a step needs at least one task; set {option} >= 1")
         if 0 < train_episodes < meta_batch_size:
             raise EpisodeConfigError(_unfilled_step_message(meta_batch_size, train_episodes, train_episodes, 1))
         if num_workers < 0:
             raise EpisodeConfigError(f"num_workers={num_workers}: use 0 (load in the main process) or more")
         check_support_order(support_order)
-        # Episode shapes are checked here so a bad config fails before any data is read.
-        # An explicit 0 is an error of the shape, not a request for the default.
-        train_shape = EpisodeShape(*map(_or_default, (train_ways, train_shots, train_queries), (ways, shots, queries)))
-        eval_shape = EpisodeShape(*map(_or_default, (eval_ways, eval_shots, eval_queries), (ways, shots, queries)))
-        self.shapes: dict[SplitName, EpisodeShape] = {"train": train_shape, "val": eval_shape, "test": eval_shape}
+        # Episode shapes are checked here so a bad config fails before any data is read. An explicit 0 is an
+        # error of the shape, not a request for the default; an error names the option that set the value.
+        defaults = {"ways": ways, "shots": shots, "queries": queries}
+        stages = {"train": (train_ways, train_shots, train_queries), "eval": (eval_ways, eval_shots, eval_queries)}
+        self._options: dict[SplitName, dict[str, str]] = {}  # split -> shape field -> the option that set it
+        self.shapes: dict[SplitName, EpisodeShape] = {}
+        for stage, given in stages.items():
+            options = {
+                field: field if value is None else f"{stage}_{field}"
+                for field, value in zip(defaults, given, strict=True)
+            }
+            with _naming_options(options):
+                shape = EpisodeShape(*map(_or_default, given, defaults.values()))
+            for split in ("train",) if stage == "train" else ("val", "test"):
+                self.shapes[split], self._options[split] = shape, options
         if isinstance(dataset, str):
             dataset = build_dataset(dataset, root=root, **(dataset_kwargs or {}))
         elif dataset_kwargs:
@@ -160,16 +171,22 @@ class EpisodicDataModule(L.LightningDataModule):
             if not self.dataset.has_split(split):
                 self.empty_splits.add(split)
                 continue
+            if self.num_episodes[split] < 1:
+                raise EpisodeConfigError(
+                    f"{split}_episodes={self.num_episodes[split]}: the {split} split needs at least one episode; "
+                    f"set {split}_episodes >= 1"
+                )
             self.splits[split] = self.dataset.split(split)
-            sampler = EpisodeSampler(
-                self.splits[split],
-                self.shapes[split],
-                num_episodes=self.num_episodes[split],
-                split=split,
-                seed=self.hparams.seed,
-                vary_with_epoch=split == "train",
-                support_order=self.hparams.support_order,
-            )
+            with _naming_options(self._options[split]):
+                sampler = EpisodeSampler(
+                    self.splits[split],
+                    self.shapes[split],
+                    num_episodes=self.num_episodes[split],
+                    split=split,
+                    seed=self.hparams.seed,
+                    vary_with_epoch=split == "train",
+                    support_order=self.hparams.support_order,
+                )
             if split in self._pending_sampler_state:
                 sampler.load_state_dict(self._pending_sampler_state.pop(split))
             self.samplers[split] = sampler
@@ -276,6 +293,21 @@ class EpisodicDataModule(L.LightningDataModule):
                 self.samplers[split].load_state_dict(state)
             else:
                 self._pending_sampler_state[split] = state
+
+
+@contextlib.contextmanager
+def _naming_options(options: dict[str, str]) -> Iterator[None]:
+    """Re-raises an :class:`~lit_meta.errors.EpisodeConfigError` about ``ways``, ``shots`` or ``queries``
+    with the datamodule options that set them (``options``: field -> option, e.g. ``"ways"`` ->
+    ``"train_ways"``), so the message names the key to change."""
+    try:
+        yield
+    except EpisodeConfigError as error:
+        renamed = {field: option for field, option in options.items() if option != field}
+        if not renamed:
+            raise
+        pattern = re.compile(rf"\b({'|'.join(renamed)})\b")
+        raise EpisodeConfigError(pattern.sub(lambda match: renamed[match[1]], str(error))) from None
 
 
 def _or_default(value: int | None, default: int) -> int:

@@ -175,11 +175,19 @@ class EpisodeSampler(DistributedSampler):  # type: ignore[type-arg]
         small = np.flatnonzero(source.class_sizes < needed)
         if len(small):
             c = small[np.argmin(source.class_sizes[small])]
+            fewest = int(source.class_sizes[c])
+            others = f"{len(small)} classes have" if len(small) > 1 else "the only class with"
+            if fewest >= 2:
+                fix = f"lower shots or queries to fit {fewest} examples, or remove the small classes"
+            else:  # a class needs one support and one query example at least: no shape fits fewer
+                sizes = source.class_sizes[small]
+                fix = "remove the classes with fewer than 2 examples (one support and one query example)"
+                if (sizes >= 2).any():
+                    fix += f", and lower shots or queries to fit {int(sizes[sizes >= 2].min())} examples"
             raise EpisodeConfigError(
                 f"shots + queries = {shape.shots} + {shape.queries} = {needed} but class "
-                f"{source.class_names[c]!r} of the {self.split} split has only {source.class_sizes[c]} examples "
-                f"({len(small)} classes have fewer than {needed}); lower shots or queries to fit "
-                f"{int(source.class_sizes.min())} examples, or remove the small classes"
+                f"{source.class_names[c]!r} of the {self.split} split has only {fewest} examples "
+                f"({others} fewer than {needed}); {fix}"
             )
 
     # -- sharding ---------------------------------------------------------------------------
