@@ -430,6 +430,10 @@ def download_and_extract(
 
     Returns:
         The top-level paths extracted into ``root`` (see :func:`extract_archive`).
+
+    Raises:
+        DatasetError: as :func:`download_url` and :func:`extract_archive` do; among others when an entry
+            of the archive already exists in ``root`` and was not extracted there by lit-meta (it is kept).
     """
     if filename is None:
         filename = urllib.parse.unquote(PurePosixPath(urllib.parse.urlsplit(url).path).name)
