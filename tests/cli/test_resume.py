@@ -1,4 +1,5 @@
-"""Resuming ``lit-meta fit`` from a mid-epoch checkpoint replays the uninterrupted run bitwise."""
+"""Resuming ``lit-meta fit`` from a checkpoint at any position replays the uninterrupted run bitwise,
+validation included."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ STEPS = 10
 EPISODES_PER_EPOCH = 8  # 4 steps of 2 tasks: checkpoints at steps 3 and 6 fall inside epochs 0 and 1
 
 
-def write_config(root: Path, learner: dict, num_workers: int) -> Path:
-    config = {
+def write_config(
+    root: Path, learner: dict, num_workers: int, every_n_train_steps: int = 3, val_check_interval: int | None = None
+) -> Path:
+    config: dict = {
         "model": learner,
         "data": {
             "dataset": "glyphs",
@@ -39,11 +42,18 @@ def write_config(root: Path, learner: dict, num_workers: int) -> Path:
             "callbacks": [
                 {
                     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                    "init_args": {"every_n_train_steps": 3, "save_top_k": -1, "filename": "{step}", "save_last": True},
+                    "init_args": {
+                        "every_n_train_steps": every_n_train_steps,
+                        "save_top_k": -1,
+                        "filename": "{step}",
+                        "save_last": True,
+                    },
                 }
             ],
         },
     }
+    if val_check_interval is not None:
+        config["trainer"]["val_check_interval"] = val_check_interval
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -59,6 +69,16 @@ def train_losses(version: Path) -> dict[int, str]:
     """``step -> train/loss`` exactly as logged (the CSV keeps every digit of the float)."""
     with open(version / "metrics.csv") as file:
         return {int(row["step"]): row["train/loss"] for row in csv.DictReader(file) if row.get("train/loss")}
+
+
+def validation_points(version: Path) -> dict[int, dict[str, str]]:
+    """``step -> {epoch, val/...}`` of every validation exactly as logged."""
+    with open(version / "metrics.csv") as file:
+        return {
+            int(row["step"]): {k: v for k, v in row.items() if k == "epoch" or k.startswith("val/")}
+            for row in csv.DictReader(file)
+            if row.get("val/loss")
+        }
 
 
 def final_weights(version: Path) -> dict[str, torch.Tensor]:
@@ -105,3 +125,35 @@ def test_checkpoint_records_episodes_consumed_not_prefetched(tmp_path):
     state = torch.load(version / "checkpoints" / "step=3.ckpt", map_location="cpu", weights_only=True)
     train = state["EpisodicDataModule"]["samplers"]["train"]
     assert (train["epoch"], train["position"]) == (0, 3 * 2)
+
+
+VAL_EVERY = 2  # validation after batches 2 and 4 of every 4-batch epoch: mid-epoch and at the epoch's end
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory) -> tuple[Path, Path]:
+    """One reference run with a checkpoint after every step, shared by every position."""
+    root = tmp_path_factory.mktemp("every_step")
+    config = write_config(root, LEARNERS["protonet"], 0, every_n_train_steps=1, val_check_interval=VAL_EVERY)
+    return config, fit(config, root / "uninterrupted")
+
+
+def resume_at(uninterrupted_run: tuple[Path, Path], step: int, tmp_path: Path) -> None:
+    config, uninterrupted = uninterrupted_run
+    resumed = fit(config, tmp_path / "resumed", "--ckpt_path", str(uninterrupted / "checkpoints" / f"step={step}.ckpt"))
+    expected_losses, losses = train_losses(uninterrupted), train_losses(resumed)
+    assert sorted(losses) == [s for s in sorted(expected_losses) if s >= step]  # logged step = global_step - 1
+    assert losses == {s: expected_losses[s] for s in losses}
+    # A validation after the checkpoint's own batch is logged at that batch's step, step - 1.
+    expected_points = {s: v for s, v in validation_points(uninterrupted).items() if s >= step - 1}
+    assert validation_points(resumed) == expected_points  # same steps, epochs and values, bit for bit
+    before, after = final_weights(uninterrupted), final_weights(resumed)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("step", range(1, STEPS))
+def test_case_03_resume_at_every_position_equals_uninterrupted_run(uninterrupted_run, tmp_path, step):
+    """Issue 17 case 3: a checkpoint after a batch followed by a validation (step 4: an epoch's last
+    batch; step 2: mid-epoch) is saved before that validation, which the resumed run must still run.
+    Every step of the run, each ~1.5 s."""
+    resume_at(uninterrupted_run, step, tmp_path)

@@ -267,19 +267,24 @@ class EpisodicDataModule(L.LightningDataModule):
         return self.episode_loader("test")
 
     def state_dict(self) -> dict[str, Any]:
-        """Sampler positions, saved in Lightning checkpoints.
+        """The training stream's position, saved in Lightning checkpoints.
 
-        The training stream's position is the number of episodes the training
-        steps have consumed, not the number drawn: DataLoader workers and
-        Lightning's prefetching draw ahead, so the sampler's own count would
-        skip episodes on resume. Resuming from any checkpoint, mid-epoch
-        included, therefore replays exactly the episodes of an uninterrupted run.
+        The position is the number of episodes the training steps have consumed,
+        not the number drawn: DataLoader workers and Lightning's prefetching draw
+        ahead, so the sampler's own count would skip episodes on resume. Resuming
+        from any checkpoint, mid-epoch included, therefore replays exactly the
+        episodes of an uninterrupted run. Validation and test draw their fixed
+        episodes from the first every time they run, so their positions are not
+        kept: a validation of the resumed run scores the episodes the
+        uninterrupted run's does.
         """
-        samplers = {split: s.state_dict() for split, s in self.samplers.items()}
+        samplers: dict[str, Any] = {}
         trainer = self.trainer
-        if "train" in samplers and trainer is not None and trainer.state.fn == "fit":
-            consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            samplers["train"].update(epoch=trainer.current_epoch, position=consumed * self.batch_sizes["train"])
+        if "train" in self.samplers:
+            samplers["train"] = self.samplers["train"].state_dict()
+            if trainer is not None and trainer.state.fn == "fit":
+                consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+                samplers["train"].update(epoch=trainer.current_epoch, position=consumed * self.batch_sizes["train"])
         state: dict[str, Any] = {"samplers": samplers}
         # Image decoding, so `lit-meta adapt` reads new images as training did (not restored on resume).
         if (preprocessing := self.dataset.image_preprocessing()) is not None:
@@ -287,12 +292,17 @@ class EpisodicDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore sampler positions (applied when the samplers are built, if not yet)."""
-        for split, state in state_dict.get("samplers", {}).items():
-            if split in self.samplers:
-                self.samplers[split].load_state_dict(state)
-            else:
-                self._pending_sampler_state[split] = state
+        """Restore the training stream's position (applied when its sampler is built, if not yet).
+
+        Older checkpoints also hold the positions of the validation and test streams, after
+        their last full pass: those are ignored, so the next validation scores every episode."""
+        state = state_dict.get("samplers", {}).get("train")
+        if state is None:
+            return
+        if "train" in self.samplers:
+            self.samplers["train"].load_state_dict(state)
+        else:
+            self._pending_sampler_state["train"] = state
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from lit_meta.data.sampler import EpisodeShape
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners import checkpoints
 from lit_meta.metrics import EpisodeMeanCI
+from lit_meta.pending_validation import mark_pending_validation
 
 TaskModel = Callable[[Tensor], Tensor]
 """A model adapted to one task: inputs -> logits (classification) or predictions (regression)."""
@@ -273,6 +274,9 @@ class MetaLearner(L.LightningModule, ABC):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[checkpoints.CHECKPOINT_LEARNER_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint[checkpoints.CHECKPOINT_FORMAT_KEY] = checkpoints.CHECKPOINT_FORMAT
+        if self._trainer is not None:
+            # Saved before a due validation (ModelCheckpoint every_n_train_steps): resume into it.
+            mark_pending_validation(checkpoint, self._trainer)
 
     # -- hooks for subclasses ----------------------------------------------------------------
     @abstractmethod
