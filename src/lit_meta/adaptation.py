@@ -37,6 +37,7 @@ from lit_meta.data.datasets.image_folder import class_folders, image_files
 from lit_meta.data.preprocessing import ImagePreprocessing
 from lit_meta.data.transforms import IMAGE_EXTENSIONS
 from lit_meta.errors import DatasetError, LitMetaError
+from lit_meta.learners import checkpoints
 from lit_meta.learners.base import MetaLearner, TaskModel
 
 CSV_COLUMNS: tuple[str, str, str] = ("file", "predicted_class", "probability")
@@ -118,7 +119,8 @@ def load_learner(
     built from Python holds a pickled backbone.
 
     Raises:
-        LitMetaError: the file is missing or not a lit-meta checkpoint, or the
+        LitMetaError: the file is missing, unreadable (a :class:`~lit_meta.errors.CheckpointError`
+            naming what it could not load) or not a lit-meta checkpoint, or the
             learner was trained on a dataset whose items are not images (regression).
     """
     path = Path(ckpt_path)
@@ -128,10 +130,7 @@ def load_learner(
             f"checkpoint {path} {what}; pass the .ckpt file lit-meta fit wrote, "
             "e.g. lightning_logs/version_0/checkpoints/last.ckpt"
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch.load raises whatever unpickling a foreign file raises
-        raise LitMetaError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); is it a .ckpt file?") from exc
+    checkpoint = checkpoints.read(path, weights_only=False)  # its errors name the file and what failed
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise LitMetaError(f"{path} is not a Lightning checkpoint (it has no state_dict); pass a .ckpt file")
     preprocessing = stored_preprocessing(checkpoint)

@@ -6,6 +6,8 @@ any training starts.
 
 from __future__ import annotations
 
+import pickle
+
 
 class LitMetaError(Exception):
     """Base class of every error lit-meta raises on purpose."""
@@ -29,3 +31,13 @@ class UnsafeArchiveError(DatasetError):
 
 class NonFiniteLossError(LitMetaError, FloatingPointError):
     """An inner-loop loss that became NaN or infinite, usually from too high an inner learning rate."""
+
+
+class CheckpointError(LitMetaError, ValueError):
+    """A checkpoint that cannot be read, or that does not fit the learner it is loaded into
+    (another learner class, another architecture)."""
+
+
+class CheckpointGlobalsError(CheckpointError, pickle.UnpicklingError):
+    """A checkpoint that refers to Python objects by name (pickled) that cannot be loaded:
+    ``weights_only=True`` refuses them, or they cannot be imported here."""

@@ -192,15 +192,29 @@ class MetaLearner(L.LightningModule, ABC):
         an older format are upgraded (:meth:`upgrade_checkpoint`).
 
         Raises:
-            UnknownLearnerError: the checkpoint's learner is not registered.
+            UnknownLearnerError: called on the base, and the checkpoint's learner is not registered.
+            CheckpointError: the file is not a readable checkpoint, or called on a learner's class, the
+                checkpoint holds another learner (neither that class nor a subclass of it).
+            CheckpointGlobalsError: ``weights_only=True`` and a module is stored pickled, or the file
+                names code that cannot be imported (a ``pickle.UnpicklingError``).
             ValueError: the checkpoint names no learner, or an instantiator other than LightningCLI's.
-            pickle.UnpicklingError: ``weights_only=True`` and a module is stored pickled.
         """
         from lit_meta.learners.registry import resolve_learner
 
         checkpoint = checkpoints.read(checkpoint_path, weights_only)
         hparams = checkpoint.setdefault("hyper_parameters", {})
-        learner = cls if is_learner(cls) else resolve_learner(checkpoints.recorded_learner(checkpoint, cls.__name__))
+        if is_learner(cls):
+            learner = cls
+            if recorded := checkpoints.recorded_path(checkpoint):
+                found = registered_class(recorded)
+                checkpoints.check_learner(
+                    checkpoint_path, recorded, found, cls, exact=False,
+                    fix=f"load it with {found.__name__ if found else 'its class'}.load_from_checkpoint, or with "
+                    "MetaLearner.load_from_checkpoint, which loads whichever learner a checkpoint holds",
+                )  # fmt: skip
+                learner = found or cls
+        else:
+            learner = resolve_learner(checkpoints.recorded_learner(checkpoint, cls.__name__))
         kwargs = {**checkpoints.stored_modules(hparams, passed=kwargs), **kwargs}
         if checkpoint.get(checkpoints.CHECKPOINT_FORMAT_KEY, 1) < checkpoints.CHECKPOINT_FORMAT:
             learner.upgrade_checkpoint(checkpoint)
@@ -487,6 +501,16 @@ class MetaLearner(L.LightningModule, ABC):
 def is_learner(cls: type) -> bool:
     """Whether ``cls`` is a learner of its own: a concrete :class:`MetaLearner` that is not a family base."""
     return issubclass(cls, MetaLearner) and not inspect.isabstract(cls) and not cls.__dict__.get("family_base", False)
+
+
+def registered_class(path: str) -> type[MetaLearner] | None:
+    """The registered learner ``path`` names (:func:`~lit_meta.learners.registry.resolve_learner`), else ``None``."""
+    from lit_meta.learners.registry import UnknownLearnerError, resolve_learner
+
+    try:
+        return resolve_learner(path)
+    except UnknownLearnerError:
+        return None
 
 
 def init_arguments(cls: type) -> list[str]:
