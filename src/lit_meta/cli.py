@@ -121,6 +121,18 @@ class MetaLearningCLI(LightningCLI):
             help="After fit, test the best checkpoint (or the final weights) on the meta-test split.",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Keeps the config's learner and hyperparameters when ``ckpt_path`` is given.
+
+        LightningCLI would replace them with the checkpoint's, silently: a MAML config resumed
+        from a ProtoNet checkpoint trained a ProtoNet, and ``--model.*`` options were dropped.
+        The config and command line win instead; the learner checks the checkpoint against
+        them when the Trainer restores it (:meth:`MetaLearner.on_load_checkpoint
+        <lit_meta.learners.MetaLearner.on_load_checkpoint>`): another learner class is an
+        error, other hyperparameters a warning that lists them (an error for those that
+        change the network).
+        """
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if self.model.hparams.get("retain_cpu_memory") is None:

@@ -5,16 +5,20 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 
 import lightning as L
 import pytest
 
 from lit_meta.backbones import MLP
+from lit_meta.cli import MetaLearningCLI
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.errors import CheckpointError
-from lit_meta.learners import MAML, MetaLearner, ProtoNet
+from lit_meta.learners import MAML, MatchingNet, MetaLearner, ProtoNet
 
+from ..cli.test_resume import LEARNERS, write_config
 from ..conftest import TinyImages
 
 
@@ -22,15 +26,97 @@ def tiny_mlp(out_features: int | None) -> MLP:
     return MLP(in_features=64, hidden=[16], out_features=out_features)
 
 
-def fit_and_save(model: MetaLearner, path: Path) -> Path:
-    dm = EpisodicDataModule(TinyImages(), ways=3, shots=1, queries=2, meta_batch_size=2, train_episodes=4)
-    trainer = L.Trainer(
-        max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+def tiny_trainer(max_steps: int = 1) -> L.Trainer:
+    return L.Trainer(
+        max_steps=max_steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    trainer.fit(model, dm)
+
+
+def tiny_data() -> EpisodicDataModule:
+    return EpisodicDataModule(TinyImages(), ways=3, shots=1, queries=2, meta_batch_size=2, train_episodes=4)
+
+
+def fit_and_save(model: MetaLearner, path: Path) -> Path:
+    trainer = tiny_trainer()
+    trainer.fit(model, tiny_data())
     trainer.save_checkpoint(path)
     return path
+
+
+def cli(*args: str) -> MetaLearningCLI:
+    """``lit-meta ARGS`` in this process, the CLI object kept (its model and trainer)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return MetaLearningCLI(args=list(args))
+
+
+MAML_FIXED_LR = copy.deepcopy(LEARNERS["maml"])
+MAML_FIXED_LR["init_args"]["learn_inner_lr"] = False  # eval_inner_steps then leaves the weights unchanged
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """``name -> (config, checkpoint after 2 steps)`` of a tiny lit-meta fit of ProtoNet and of MAML."""
+    runs = {}
+    for name, learner in (("protonet", LEARNERS["protonet"]), ("maml", MAML_FIXED_LR)):
+        root = tmp_path_factory.mktemp(name)
+        config = write_config(root, learner, 0, every_n_train_steps=2)
+        fit_run = cli("fit", "--config", str(config), "--trainer.max_steps", "2",
+                      "--trainer.logger.init_args.save_dir", str(root))  # fmt: skip
+        runs[name] = (config, Path(fit_run.trainer.checkpoint_callback.dirpath) / "step=2.ckpt")
+    return runs
+
+
+def resume(config: Path, checkpoint: Path, tmp_path: Path, *extra: str, subcommand: str = "fit") -> MetaLearningCLI:
+    return cli(subcommand, "--config", str(config), "--trainer.logger.init_args.save_dir", str(tmp_path),
+               "--trainer.max_steps", "3", "--ckpt_path", str(checkpoint), *extra)  # fmt: skip
+
+
+def test_case_01_resuming_a_checkpoint_of_another_learner_is_refused(cli_runs, tmp_path):
+    """It trained the checkpoint's ProtoNet, silently, under a MAML config."""
+    maml_config, _ = cli_runs["maml"]
+    _, protonet_checkpoint = cli_runs["protonet"]
+    with pytest.raises(
+        CheckpointError,
+        match=r"step=2.ckpt holds a ProtoNet \(lit_meta.learners.protonet.ProtoNet\), not a MAML: resume or evaluate "
+        r"it with a learner of its class \(lit-meta: model.class_path: lit_meta.learners.protonet.ProtoNet\)",
+    ):
+        resume(maml_config, protonet_checkpoint, tmp_path)
+
+
+def test_case_01_a_python_trainer_refuses_another_learner_with_the_same_weights(tmp_path):
+    """A MatchingNet without FCE has a ProtoNet's weights: only the recorded class tells them apart."""
+    checkpoint = fit_and_save(ProtoNet(tiny_mlp(None)), tmp_path / "protonet.ckpt")
+    with pytest.raises(CheckpointError, match=r"protonet.ckpt holds a ProtoNet .*, not a MatchingNet"):
+        tiny_trainer(max_steps=2).fit(MatchingNet(tiny_mlp(None)), tiny_data(), ckpt_path=checkpoint)
+
+
+def test_case_01_command_line_values_win_and_one_warning_lists_them(cli_runs, tmp_path):
+    config, checkpoint = cli_runs["protonet"]
+    with pytest.warns(UserWarning, match=r"differ from the checkpoint's.*are used: meta_lr: 0.001 -> 0.01 "):
+        run = resume(config, checkpoint, tmp_path, "--model.init_args.meta_lr", "0.01")
+    assert run.model.hparams.meta_lr == 0.01
+    assert run.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01)  # not the checkpoint's state
+    assert run.trainer.global_step == 3
+
+
+def test_case_01_a_value_that_changes_the_network_cannot_differ(cli_runs, tmp_path):
+    config, checkpoint = cli_runs["protonet"]
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit this ProtoNet \(weights: backbone.*\(8, 1, 3, 3\) vs \(4, 1, 3, 3\).*"
+        r"backbone.init_args.hidden_channels: 8 -> 4.*Use the checkpoint's values",
+    ):
+        resume(config, checkpoint, tmp_path, "--model.init_args.backbone.init_args.hidden_channels", "4")
+
+
+def test_case_01_test_with_ckpt_path_uses_the_command_line_eval_inner_steps(cli_runs, tmp_path):
+    config, checkpoint = cli_runs["maml"]
+    with pytest.warns(UserWarning, match=r"eval_inner_steps: None -> 3"):
+        run = resume(config, checkpoint, tmp_path, "--model.init_args.eval_inner_steps", "3", subcommand="test")
+    assert run.model.adaptation_steps() == 3
+    assert "test/acc" in run.trainer.callback_metrics
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,9 @@ from lit_meta.callbacks import RetainFreedCPUMemory
 from lit_meta.data.datasets.base import TaskDistribution
 from lit_meta.data.episode import Episode, EpisodeBatch
 from lit_meta.data.sampler import EpisodeShape
-from lit_meta.errors import EpisodeConfigError
+from lit_meta.errors import CheckpointError, EpisodeConfigError
 from lit_meta.learners import checkpoints
+from lit_meta.learners.resuming import check_checkpoint
 from lit_meta.metrics import EpisodeMeanCI
 from lit_meta.pending_validation import mark_pending_validation
 
@@ -282,8 +283,13 @@ class MetaLearner(L.LightningModule, ABC):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint a Trainer restores (``ckpt_path``) is checked against this learner, whose own
+        hyperparameters win (:func:`~lit_meta.learners.resuming.check_checkpoint`)."""
         # The learner's own checkpoint holds its backbone: backbone_checkpoint no longer applies.
         self._backbone_checkpoint_pending = False
+        if self._trainer is not None:  # not load_from_checkpoint, whose hyperparameters are the checkpoint's
+            fitting = self._trainer.state.fn == "fit"
+            check_checkpoint(self, checkpoint, self._trainer.ckpt_path, fitting)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[checkpoints.CHECKPOINT_LEARNER_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -473,6 +479,38 @@ class MetaLearner(L.LightningModule, ABC):
         With ``None`` the ``lit-meta`` command line adds it, as the owner of its process.
         """
         return [RetainFreedCPUMemory()] if self.hparams.get("retain_cpu_memory") else []
+
+    def adjust_optimizer_state(self, checkpoint: dict[str, Any], stored: Mapping[str, Any], path: Any) -> None:
+        """Makes the optimiser and schedule state of a checkpoint that ``fit`` resumes follow this learner's
+        hyperparameters where they differ from the checkpoint's (``stored``): the learning rate is scaled
+        by ``meta_lr`` over the checkpoint's (keeping the schedule's progress), ``weight_decay``,
+        ``lr_decay_every`` and ``lr_decay_factor`` are replaced. Follows :meth:`configure_optimizers`;
+        a learner that configures other optimisers overrides both.
+
+        Raises:
+            CheckpointError: ``meta_optimizer`` or ``lr_schedule`` differ: the checkpoint's state is
+                another optimiser's or schedule's.
+        """
+        hp = self.hparams
+        for key in ("meta_optimizer", "lr_schedule"):
+            if stored.get(key, hp[key]) != hp[key]:
+                raise CheckpointError(
+                    f"{path} was saved with {key}={stored[key]!r}; its optimiser state cannot resume with "
+                    f"{key}={hp[key]!r}. Resume with {key}: {stored[key]}, or start a new run without ckpt_path "
+                    f"(backbone_checkpoint={path} starts it from the checkpoint's backbone weights)"
+                )
+        scale = hp.meta_lr / stored.get("meta_lr", hp.meta_lr)
+        for optimizer in checkpoint.get("optimizer_states", []):
+            for group in optimizer.get("param_groups", []):
+                group["lr"] *= scale
+                group["weight_decay"] = hp.weight_decay
+                if "initial_lr" in group:
+                    group["initial_lr"] = hp.meta_lr
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            scheduler["base_lrs"] = [hp.meta_lr for _ in scheduler.get("base_lrs", [])]
+            scheduler["_last_lr"] = [lr * scale for lr in scheduler.get("_last_lr", [])]
+            if hp.lr_schedule == "step":
+                scheduler.update(step_size=hp.lr_decay_every, gamma=hp.lr_decay_factor)
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
