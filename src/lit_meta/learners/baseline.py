@@ -252,12 +252,13 @@ class Baseline(MetaLearner):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Builds the classifier recorded in the checkpoint if this learner has none yet (made with
-        ``num_classes=None``, as by ``lit-meta test --config``), so its weights load."""
-        super().on_load_checkpoint(checkpoint)
+        ``num_classes=None``, as by ``lit-meta test --config``), so its weights load; then the base checks
+        the checkpoint against this learner."""
         num_classes = checkpoint.get("hyper_parameters", {}).get("num_classes")
         if self.classifier is None and num_classes is not None:
             self.classifier = self.new_head(num_classes).to(self.device)
             self.hparams["num_classes"] = num_classes
+        super().on_load_checkpoint(checkpoint)
 
     def class_indices(self, class_ids: Tensor) -> Tensor:
         """Rows of the classifier of original class ids.

@@ -71,11 +71,17 @@ def hyperparameter_changes(stored: Mapping[str, Any], current: Mapping[str, Any]
     (LightningCLI's bookkeeping), are not compared.
     """
     old, new = _flatten(stored), _flatten(current)
-    return {
-        key: (old.get(key, _ABSENT), new.get(key, _ABSENT))
-        for key in sorted(old.keys() | new.keys())
-        if old.get(key, _ABSENT) != new.get(key, _ABSENT)
-    }
+    pairs = {key: (old.get(key, _ABSENT), new.get(key, _ABSENT)) for key in sorted(old.keys() | new.keys())}
+    return {key: (a, b) for key, (a, b) in pairs.items() if _differs(a, b)}
+
+
+def _differs(a: Any, b: Any) -> bool:
+    # Lists from a YAML config equal the tuples given in Python; values without a plain == compare by repr.
+    a, b = (list(v) if isinstance(v, tuple) else v for v in (a, b))
+    try:
+        return bool(a != b)
+    except (TypeError, ValueError, RuntimeError):
+        return repr(a) != repr(b)
 
 
 def weight_mismatch(learner: nn.Module, checkpoint: Mapping[str, Any]) -> str | None:
