@@ -210,7 +210,7 @@ def adapt_to_folder(
     if preprocessing.custom_transform is not None:
         warnings.warn(
             f"the training images went through the custom transform {preprocessing.custom_transform}, which "
-            "checkpoints do not store; the images here are only decoded, resized and scaled to [0, 1]",
+            "lit-meta adapt does not apply; the images here are only decoded, resized and scaled to [0, 1]",
             UserWarning,
             stacklevel=2,
         )

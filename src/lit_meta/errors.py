@@ -41,3 +41,8 @@ class CheckpointError(LitMetaError, ValueError):
 class CheckpointGlobalsError(CheckpointError, pickle.UnpicklingError):
     """A checkpoint that refers to Python objects by name (pickled) that cannot be loaded:
     ``weights_only=True`` refuses them, or they cannot be imported here."""
+
+
+class TransformError(LitMetaError, ValueError):
+    """A dataset transform that a checkpoint cannot name (a lambda, a local function, an object),
+    or an import path that names no callable."""

@@ -68,6 +68,7 @@ from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitN
 from lit_meta.data.datasets.features import FeatureArrays
 from lit_meta.errors import DatasetError, LitMetaError
 from lit_meta.functional.params import evaluation_mode
+from lit_meta.learners import checkpoints
 from lit_meta.learners.base import MetaLearner
 
 DEFAULT_BATCH_SIZE = 256
@@ -288,13 +289,7 @@ def _dataset_arguments(
 ) -> tuple[str, str | None, dict[str, Any]]:
     """The dataset name, root and kwargs: those given, else those the checkpoint's datamodule recorded."""
     recorded: Mapping[str, Any] = {}
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises whatever reading a foreign file raises
-        raise LitMetaError(
-            f"cannot read checkpoint {ckpt_path} ({type(error).__name__}: {error}); is it a .ckpt file lit-meta fit "
-            "wrote?"
-        ) from error
+    checkpoint = checkpoints.read(ckpt_path, weights_only=True)  # its errors name the file and what failed
     hparams = checkpoint.get("datamodule_hyper_parameters") if isinstance(checkpoint, Mapping) else None
     if isinstance(hparams, Mapping) and isinstance(hparams.get("dataset"), str):
         recorded = hparams

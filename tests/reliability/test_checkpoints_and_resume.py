@@ -6,16 +6,20 @@
 from __future__ import annotations
 
 import copy
+import sys
+import types
 import warnings
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 
+from lit_meta.adaptation import load_learner
 from lit_meta.backbones import MLP
 from lit_meta.cli import MetaLearningCLI
 from lit_meta.data.datamodule import EpisodicDataModule
-from lit_meta.errors import CheckpointError
+from lit_meta.errors import CheckpointError, CheckpointGlobalsError, TransformError
 from lit_meta.learners import MAML, MatchingNet, MetaLearner, ProtoNet
 
 from ..cli.test_resume import LEARNERS, write_config
@@ -141,3 +145,73 @@ def test_case_08_a_checkpoint_of_another_learner_names_both_classes(protonet_che
     ):
         MAML.load_from_checkpoint(protonet_checkpoint)
     assert type(ProtoNet.load_from_checkpoint(protonet_checkpoint)) is ProtoNet
+
+
+# -- case 12: a dataset transform in the datamodule's hyperparameters ---------------------------------
+def darken(image: torch.Tensor) -> torch.Tensor:
+    """A user transform defined at a module's top level."""
+    return image * 0.5
+
+
+GLYPHS = {"dataset": "glyphs", "dataset_kwargs": {"num_classes": 60, "drawings_per_class": 6}, "ways": 3, "shots": 1,
+          "queries": 2, "meta_batch_size": 2, "train_episodes": 4, "val_episodes": 2}  # fmt: skip
+
+
+def glyphs(tmp_path: Path, transform: object) -> EpisodicDataModule:
+    kwargs = {**GLYPHS["dataset_kwargs"], "transform": transform}
+    return EpisodicDataModule(**{**GLYPHS, "dataset_kwargs": kwargs}, root=str(tmp_path / "glyphs"))
+
+
+def local_function():
+    def transform(image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    return transform
+
+
+@pytest.mark.parametrize(
+    ("transform", "why"),
+    [
+        (lambda image: image, "a lambda, which has no name"),
+        (local_function(), "the function local_function.<locals>.transform, defined inside another function"),
+        (types.SimpleNamespace(), "a SimpleNamespace object, not a function"),
+    ],
+    ids=["lambda", "local-function", "object"],
+)
+def test_case_12_a_transform_a_checkpoint_cannot_name_is_refused_before_training(tmp_path, transform, why):
+    """A lambda crashed at the first checkpoint save, after training; a local function made the checkpoint
+    unloadable by any other process."""
+    with pytest.raises(TransformError, match=rf"dataset_kwargs\['transform'\] is {why}.*define the transform with"):
+        glyphs(tmp_path, transform)
+
+
+def test_case_12_a_module_level_transform_is_kept_as_its_import_path(tmp_path):
+    dm = glyphs(tmp_path, darken)
+    path = f"{__name__}.darken"
+    assert dm.hparams.dataset_kwargs["transform"] == path
+    assert dm.dataset.transform is darken  # applied to the items
+    assert glyphs(tmp_path, path).dataset.transform is darken  # a YAML config gives the path
+    trainer = tiny_trainer()
+    trainer.fit(ProtoNet(MLP(in_features=28 * 28, hidden=[16], out_features=None)), dm)
+    trainer.save_checkpoint(tmp_path / "darkened.ckpt")
+    checkpoint = torch.load(tmp_path / "darkened.ckpt", weights_only=True)  # no pickled function inside
+    assert checkpoint["datamodule_hyper_parameters"]["dataset_kwargs"]["transform"] == path
+    learner, _ = load_learner(tmp_path / "darkened.ckpt")  # lit-meta adapt's loading
+    assert type(learner) is ProtoNet
+    with pytest.raises(TransformError, match=r"'no_such_module.darken' names no importable function"):
+        glyphs(tmp_path, "no_such_module.darken")
+
+
+def test_case_12_adapt_names_the_code_an_older_checkpoint_cannot_load(protonet_checkpoint, tmp_path, monkeypatch):
+    """A checkpoint of an older lit-meta, with a transform pickled from a module that is gone."""
+    module = types.ModuleType("gone_transforms")
+    exec("def flip(image):\n    return image.flip(-1)", module.__dict__)
+    monkeypatch.setitem(sys.modules, "gone_transforms", module)
+    checkpoint = torch.load(protonet_checkpoint, weights_only=True)
+    checkpoint["datamodule_hyper_parameters"] = {"dataset": "glyphs", "dataset_kwargs": {"transform": module.flip}}
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    monkeypatch.delitem(sys.modules, "gone_transforms")
+    with pytest.raises(CheckpointGlobalsError, match=r"old.ckpt refers to gone_transforms.flip, which cannot be imp"):
+        load_learner(tmp_path / "old.ckpt")
+    with pytest.raises(CheckpointGlobalsError, match=r"old.ckpt refers to .*weights_only=True does not load: gone_tr"):
+        MetaLearner.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)

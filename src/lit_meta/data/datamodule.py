@@ -15,6 +15,7 @@ from lit_meta.data.datasets import MetaDataset, build_dataset
 from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName, TaskDistribution
 from lit_meta.data.episode import EpisodeDataset, collate_episodes
 from lit_meta.data.sampler import EpisodeSampler, EpisodeShape, SupportOrder, check_support_order
+from lit_meta.data.transform_paths import transform_path
 from lit_meta.errors import DatasetError, EpisodeConfigError
 
 
@@ -49,6 +50,16 @@ class EpisodicDataModule(L.LightningDataModule):
         root: where datasets that read files keep them; default: each
             dataset's own (``data`` for Omniglot, the user cache for the glyphs).
         dataset_kwargs: extra constructor arguments of a dataset given by name.
+            ``"transform"`` (image datasets: ``glyphs``, ``omniglot``,
+            ``image_folder``) is a function applied to every item, a float
+            ``[C, H, W]`` tensor in ``[0, 1]``, returning one; it must be defined
+            with ``def`` at the top level of a module, and is given as the function
+            or as its import path (``"my_transforms.augment"``, the form a YAML
+            config uses). The hyperparameters, and so checkpoints, keep the import
+            path (:mod:`~lit_meta.data.transform_paths`), so checkpoints load with
+            ``weights_only=True``; a lambda, a function defined inside another, or
+            an object (a ``functools.partial``) is refused with
+            :class:`~lit_meta.errors.TransformError` before any training.
         ways: classes per episode (all splits unless overridden). Regression
             datasets have no classes and ignore it.
         shots: labelled support examples per class.
@@ -111,6 +122,9 @@ class EpisodicDataModule(L.LightningDataModule):
         support_order: SupportOrder = "by_class",
     ) -> None:
         super().__init__()
+        if dataset_kwargs and dataset_kwargs.get("transform") is not None:
+            # Kept as an import path: a function pickled into checkpoints breaks weights_only=True loading.
+            dataset_kwargs = {**dataset_kwargs, "transform": transform_path(dataset_kwargs["transform"])}
         self.save_hyperparameters(ignore=[] if isinstance(dataset, str) else ["dataset"])
         for option, size in (("meta_batch_size", meta_batch_size), ("eval_meta_batch_size", eval_meta_batch_size)):
             if size is not None and size < 1:

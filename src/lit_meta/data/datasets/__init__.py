@@ -18,6 +18,7 @@ from lit_meta.data.datasets.glyphs import ProceduralGlyphs
 from lit_meta.data.datasets.image_folder import ImageFolder
 from lit_meta.data.datasets.omniglot import Omniglot
 from lit_meta.data.datasets.sinusoid import Sinusoid, SinusoidTasks
+from lit_meta.data.transform_paths import resolve_transform
 from lit_meta.errors import DatasetError
 
 DATASETS: dict[str, type[MetaDataset]] = {
@@ -34,7 +35,9 @@ def build_dataset(name: str, root: str | None = None, **kwargs: Any) -> MetaData
     """Instantiate a registered dataset family by name.
 
     ``root`` is passed to families that read or download files (for ``"features"``,
-    the ``.npz`` file itself); embedded ones (sinusoid) ignore it.
+    the ``.npz`` file itself); embedded ones (sinusoid) ignore it. A ``transform``
+    given as an import path (as the datamodule's hyperparameters keep it,
+    :mod:`lit_meta.data.transform_paths`) is resolved to its function.
     """
     key = name.lower().replace("-", "_")
     if key not in DATASETS:
@@ -42,6 +45,8 @@ def build_dataset(name: str, root: str | None = None, **kwargs: Any) -> MetaData
     family = DATASETS[key]
     if root is not None and "root" in inspect.signature(family).parameters:
         kwargs["root"] = root
+    if isinstance(kwargs.get("transform"), str):
+        kwargs["transform"] = resolve_transform(kwargs["transform"])
     return family(**kwargs)
 
 
