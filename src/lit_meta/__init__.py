@@ -23,6 +23,7 @@ _PUBLIC = {
     "DATASETS": "lit_meta.data.datasets",
     "MetaDataset": "lit_meta.data.datasets",
     "build_dataset": "lit_meta.data.datasets",
+    "enable_adaptation_grad": "lit_meta.functional",
     "ANIL": "lit_meta.learners",
     "MetaLSTM": "lit_meta.learners",
     "LEO": "lit_meta.learners",
@@ -76,6 +77,7 @@ __all__ = [
     "__version__",
     "build_dataset",
     "collate_episodes",
+    "enable_adaptation_grad",
 ]
 
 
@@ -103,6 +105,7 @@ if TYPE_CHECKING:
         collate_episodes,
     )
     from lit_meta.data.datasets import DATASETS, MetaDataset, build_dataset
+    from lit_meta.functional import enable_adaptation_grad
     from lit_meta.learners import (
         ANIL,
         LEO,

@@ -1,14 +1,16 @@
 """Callbacks that only make sense for meta-learning: step-size monitoring, episode images,
-and keeping the per-task memory of CPU training in the process."""
+keeping the per-task memory of CPU training in the process, and writing episode predictions."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from lit_meta import glibc_malloc
 from lit_meta.data.episode import EpisodeBatch
+from lit_meta.predictions import EpisodePredictions
 
 
 class StepSizeMonitor(L.Callback):
@@ -171,4 +174,66 @@ def _send(logger: Any, images: dict[str, np.ndarray], stage: str, step: int) -> 
             Image.fromarray(image).save(folder / f"{name}.png")
 
 
-__all__ = ["EpisodeImageLogger", "StepSizeMonitor", "episode_grid"]
+class EpisodePredictionWriter(BasePredictionWriter):
+    """Writes the predictions of ``Trainer.predict`` to a CSV file, one row per query.
+
+    The rows are :meth:`~lit_meta.predictions.EpisodePredictions.rows`: ``episode`` (counted over the
+    run), ``query``, ``label`` (local to the episode), ``class_id`` (the dataset's class),
+    ``probability``, ``true_label`` and ``true_class_id`` (regression: ``prediction``, ``target``).
+    ``lit-meta predict`` adds it (``--predictions_path``); add it to a Trainer of your own for the same file.
+    Under DDP each rank writes its own file, ``<path>.rank<r>``, as each predicts different episodes.
+
+    Args:
+        path: the CSV file; ``None``: ``predictions.csv`` in the Trainer's ``log_dir``.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.path = None if path is None else Path(path)
+        self.written: Path | None = None
+        self._file: Any = None
+        self._writer: csv.DictWriter | None = None
+        self._episodes = 0
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        path = self.path or Path(trainer.log_dir or trainer.default_root_dir) / "predictions.csv"
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.name}.rank{trainer.global_rank}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.written, self._file, self._writer, self._episodes = path, path.open("w", newline=""), None, 0
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(prediction, EpisodePredictions):
+            raise TypeError(
+                "EpisodePredictionWriter writes EpisodePredictions, "
+                f"but predict_step returned {type(prediction).__name__}"
+            )
+        rows = prediction.rows(first_episode=self._episodes)
+        self._episodes += prediction.labels.shape[0]
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=list(rows[0]))
+            self._writer.writeheader()
+        self._writer.writerows(rows)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            rank_zero_info(f"lit-meta: wrote the predictions for {self._episodes} episodes to {self.written}")
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+__all__ = ["EpisodeImageLogger", "EpisodePredictionWriter", "StepSizeMonitor", "episode_grid"]

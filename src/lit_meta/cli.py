@@ -29,7 +29,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_meta import __version__
-from lit_meta.callbacks import EpisodeImageLogger, RetainFreedCPUMemory, StepSizeMonitor
+from lit_meta.callbacks import EpisodeImageLogger, EpisodePredictionWriter, RetainFreedCPUMemory, StepSizeMonitor
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.datasets import DATASETS
 from lit_meta.learners.base import MetaLearner, init_arguments
@@ -78,6 +78,8 @@ class MetaLearningCLI(LightningCLI):
       :class:`~lit_meta.callbacks.EpisodeImageLogger` (support/query grids);
     * ``test_after_fit: true`` tests the best checkpoint after ``fit``;
     * ``test`` ends with one line: accuracy (or MSE) with its 95% CI;
+    * ``predict`` writes the predictions to a CSV file (``--predictions_path``,
+      :class:`~lit_meta.callbacks.EpisodePredictionWriter`);
     * the command line owns its process, so unless the learner says
       ``retain_cpu_memory=False`` it keeps freed CPU memory for reuse while the
       Trainer runs (:class:`~lit_meta.callbacks.RetainFreedCPUMemory`).
@@ -120,6 +122,14 @@ class MetaLearningCLI(LightningCLI):
             default=False,
             help="After fit, test the best checkpoint (or the final weights) on the meta-test split.",
         )
+        parser.add_argument(
+            "--predictions_path",
+            type=str | None,
+            default=None,
+            help="predict only: the CSV file the predictions go to, one row per query with its episode, "
+            "predicted label and class id, probability and true label and class id (default: "
+            "predictions.csv in the run's log_dir).",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Keeps the config's learner and hyperparameters when ``ckpt_path`` is given.
@@ -138,6 +148,11 @@ class MetaLearningCLI(LightningCLI):
         if self.model.hparams.get("retain_cpu_memory") is None:
             trainer.callbacks.append(RetainFreedCPUMemory())
         return trainer
+
+    def before_predict(self) -> None:
+        """Adds the writer of the predictions file (``--predictions_path``)."""
+        path = self.config[self.subcommand].get("predictions_path")
+        self.trainer.callbacks.append(EpisodePredictionWriter(path))
 
     def after_fit(self) -> None:
         if not self.config[self.subcommand].get("test_after_fit"):

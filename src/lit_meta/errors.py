@@ -30,7 +30,15 @@ class UnsafeArchiveError(DatasetError):
 
 
 class NonFiniteLossError(LitMetaError, FloatingPointError):
-    """An inner-loop loss that became NaN or infinite, usually from too high an inner learning rate."""
+    """A loss that became NaN or infinite: of the inner loop, the meta-training objective or an evaluation.
+
+    The message names the global step, the stage and the likeliest cause: non-finite input data,
+    or divergence (a learning rate too high for the network).
+    """
+
+
+class NonFiniteGradientError(LitMetaError, FloatingPointError):
+    """A meta-gradient that became NaN or infinite while the meta-loss was finite (divergence)."""
 
 
 class CheckpointError(LitMetaError, ValueError):

@@ -21,6 +21,7 @@ class EpisodeMeanCI(Metric):
     of a meta-batch); ``compute`` returns ``{"mean": m, "ci95": 1.96 * s / sqrt(n), "count": n}``
     with ``s`` the sample standard deviation over all episodes seen, synced
     across processes under DDP (sums of values, squares and counts are reduced).
+    With fewer than two episodes the interval is undefined: ``ci95`` is NaN.
     """
 
     full_state_update = False
@@ -43,12 +44,16 @@ class EpisodeMeanCI(Metric):
         mean = self.total / n.clamp(min=1)
         var = (self.total_sq - n * mean.square()) / (n - 1).clamp(min=1)
         ci = Z_95 * var.clamp(min=0).sqrt() / n.clamp(min=1).sqrt()
+        ci = torch.where(n < 2, torch.full_like(ci, float("nan")), ci)  # no spread from one value
         return {"mean": mean.float(), "ci95": ci.float(), "count": self.count.clone()}
 
 
 def format_mean_ci(mean: float, ci95: float, episodes: int, percent: bool = True) -> str:
-    """``"98.70 ± 0.21 (95% CI over 600 episodes)"``."""
+    """``"98.70 ± 0.21 (95% CI over 600 episodes)"``; ``"98.70 (95% CI n/a: 1 episode)"`` when the interval is
+    undefined (fewer than two episodes)."""
     scale = 100.0 if percent else 1.0
     if not math.isfinite(mean):
         return "n/a"
+    if episodes < 2 or not math.isfinite(ci95):
+        return f"{mean * scale:.2f} (95% CI n/a: {episodes} episode{'' if episodes == 1 else 's'})"
     return f"{mean * scale:.2f} ± {ci95 * scale:.2f} (95% CI over {episodes} episodes)"

@@ -326,7 +326,7 @@ def test_fit_test_predict_under_a_default_trainer(learner_cls):
     assert scores["test/episodes"] == dm.num_episodes["test"]
     assert 0 <= scores["test/acc"] <= 1 and scores["test/acc_ci95"] >= 0
     predictions = t.predict(learner, dm)
-    assert predictions[0].shape == (4, 6) and predictions[0].max() < 3
+    assert predictions[0].labels.shape == (4, 6) and predictions[0].labels.max() < 3
 
 
 @pytest.mark.parametrize("execution", ["auto", "compiled"])

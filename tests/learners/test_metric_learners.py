@@ -223,7 +223,7 @@ def test_cached_task_model_matches_the_full_forward_pass(name):
         torch.testing.assert_close(task_model(episode.query_x), full[task], rtol=1e-5, atol=1e-6)
         one_at_a_time = torch.cat([task_model(x[None]) for x in episode.query_x])
         torch.testing.assert_close(one_at_a_time, full[task], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(model.predict_step(batch, 0), full.argmax(-1))
+    torch.testing.assert_close(model.predict_step(batch, 0).labels, full.argmax(-1))
     if name != "siamese":  # Siamese trains on pairs; the others score the queries as evaluation does
         expected = torch.stack([model.task_loss(full[t], batch.query_y[t]) for t in range(len(batch))]).mean()
         torch.testing.assert_close(model.meta_loss(batch), expected)
@@ -243,7 +243,7 @@ def test_fit_with_more_training_ways_then_test_and_predict_under_a_default_train
     assert scores["test/episodes"] == dm.num_episodes["test"]
     assert 0 <= scores["test/acc"] <= 1 and scores["test/acc_ci95"] >= 0 and math.isfinite(scores["test/loss"])
     predictions = t.predict(model, dm)
-    assert predictions[0].shape == (4, 6) and predictions[0].max() < 3
+    assert predictions[0].labels.shape == (4, 6) and predictions[0].labels.max() < 3
 
 
 @pytest.mark.parametrize("name", ["protonet_cosine", "matching_fce"])

@@ -81,17 +81,22 @@ class EpisodeBatch(_EpisodeTensors):
     """A meta-batch: the fields of :class:`Episode` with a leading task dimension.
 
     ``support_x`` is ``[tasks, ways * shots, *item_shape]`` and so on. Index it to
-    get one :class:`Episode`; ``len`` is the number of tasks.
+    get one :class:`Episode`, iterate over it for each in turn; ``len`` is the number of tasks.
+
+    Lightning infers the batch size of ``self.log`` from it as the number of tasks: it reads
+    a dataclass's fields, whose leading dimension is the task. Iteration therefore goes
+    through ``__getitem__`` (Python's sequence protocol) and the class defines no
+    ``__iter__``: Lightning would take an iterable for a collection of samples and read the
+    size of the first episode's support set (``ways * shots``) instead.
     """
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
     def __getitem__(self, task: int) -> Episode:
+        if not -len(self) <= task < len(self):
+            raise IndexError(f"task {task} of a meta-batch of {len(self)}")  # also ends iteration
         return Episode(**{f.name: getattr(self, f.name)[task] for f in fields(self)})
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return (self[i] for i in range(len(self)))
 
     @property
     def ways(self) -> int:

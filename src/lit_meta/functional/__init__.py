@@ -14,6 +14,8 @@
   sums, which the compiled query pass fuses with the BatchNorm after them.
 - :mod:`~lit_meta.functional.batched`: the same for all tasks of a meta-batch at once (``vmap``).
 - :mod:`~lit_meta.functional.batch_norm`: batch normalisation that is exact under ``vmap``.
+- :mod:`~lit_meta.functional.grad_mode`: autograd for an inner loop inside Lightning's inference mode
+  (a ``test_step`` of your own): :class:`enable_adaptation_grad`.
 - :mod:`~lit_meta.functional.deprecation`: old names that work for one more release, with a warning.
 
 Deprecated: ``task_loss``, ``batched_task_loss`` and ``TaskLoss`` are now
@@ -24,6 +26,7 @@ from lit_meta.functional.adapt_and_score import Criterion, ScoredTask, TaskLoss,
 from lit_meta.functional.batch_norm import task_batch_norm
 from lit_meta.functional.batched import batched_adapt_and_score, batched_task_loss
 from lit_meta.functional.compiled import QueryForward, query_forward
+from lit_meta.functional.grad_mode import clone_inference_tensors, enable_adaptation_grad
 from lit_meta.functional.inner_loop import AdaptResult, adapt, check_finite_losses
 from lit_meta.functional.meta_lstm import MetaLSTMOptimizer, MetaLSTMState
 from lit_meta.functional.optimizers import InnerOptimizer, StepSize, adam, apply_updates, sgd, sgd_step
@@ -56,6 +59,8 @@ __all__ = [
     "batched_adapt_and_score",
     "batched_task_loss",
     "check_finite_losses",
+    "clone_inference_tensors",
+    "enable_adaptation_grad",
     "functional_forward",
     "head_parameter_names",
     "query_forward",

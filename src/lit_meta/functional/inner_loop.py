@@ -169,9 +169,10 @@ def inner_loop(
     """
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
-            "the inner loop needs autograd, which torch.inference_mode disables (Lightning validates and tests "
-            "under it): adapt inside `with torch.inference_mode(False):` and clone the tensors made in inference "
-            "mode (the batch) there first"
+            "the inner loop needs autograd, which torch.inference_mode disables (Lightning validates, tests and "
+            "predicts under it): decorate the step with @lit_meta.functional.enable_adaptation_grad(), which also "
+            "clones the batch's inference tensors, or adapt inside `with enable_adaptation_grad() as ready:` on "
+            "ready(batch)"
         )
     state = optimizer.init({n: params[n] for n in names})
     losses = []

@@ -197,6 +197,7 @@ class MAML(GradientMetaLearner):
                     episode.support_x, episode.support_y, episode.query_x, episode.query_y,
                     steps=1, optimizer=self.configure_inner_optimizer(1, sizes[s]),
                     first_order=self.training_first_order, inner_params=self.inner_param_names,
+                    check_finite=self.checks_finite,
                 )  # fmt: skip
                 current = result.params
                 task_losses.append(result.query_loss)

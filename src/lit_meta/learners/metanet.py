@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
 from lit_meta.data.episode import EpisodeBatch
-from lit_meta.functional import task_buffers
+from lit_meta.functional import clone_inference_tensors, task_buffers
 from lit_meta.learners.base import ClassScores, MetaLearner
 
 LayerKind = Literal["conv", "linear"]
@@ -226,9 +226,7 @@ class MetaNet(MetaLearner):
         if not support_y.is_floating_point():
             self.check_ways(int(support_y.max()) + 1, f"the support set has {int(support_y.max()) + 1} classes")
         with self.adaptation_context():
-            if torch.is_inference(support_x):
-                # Tensors made under inference mode cannot be saved for backward.
-                support_x, support_y = support_x.clone(), support_y.clone()
+            support_x, support_y = clone_inference_tensors((support_x, support_y))
             memory = self.memorize(support_x, support_y, update_statistics=False)
         return MetaNetClassifier(self, memory.detached())
 

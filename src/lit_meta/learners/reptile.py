@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.functional import adapt as adapt_parameters
-from lit_meta.functional import adaptable_parameters, check_finite_losses, functional_forward
+from lit_meta.functional import adaptable_parameters, functional_forward
 from lit_meta.learners.gradient import GradientMetaLearner, InnerOptimizerName, InnerParams, loss_with_gradients
 
 REPLACED_OPTIONS = ("first_order", "execution", "vmap_memory_budget_mb")
@@ -121,7 +121,7 @@ class Reptile(GradientMetaLearner):
                         current[name] = current[name] + epsilon * (phi - current[name])
                     else:
                         moved[name] += (phi - current[name]) / len(batch)
-        check_finite_losses(torch.stack(support_losses))
+        self.check_adaptation(torch.stack(support_losses), torch.stack(losses))
         # SGD with rate epsilon on these gradients lands exactly on Reptile's update.
         grads = [(theta[n].detach() - current[n]) / epsilon if serial else -moved[n] for n in theta]
         return loss_with_gradients(torch.stack(losses).mean(), list(theta.values()), grads)
