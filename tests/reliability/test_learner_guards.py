@@ -113,7 +113,7 @@ def test_case_02_maml_inner_loop_nan_inputs_name_step_stage_and_data() -> None:
     with pytest.raises(NonFiniteLossError) as error:
         trainer().fit(model, train_dataloaders=loader(with_nan(episode_batch())))
     message = str(error.value)
-    assert message.startswith("train inner loop at global step 0 (train")
+    assert message.startswith("train meta-loss at global step 0 (train")
     assert "input data contains NaN or inf (support_x of episode 1" in message
 
 
@@ -127,6 +127,16 @@ class NaNGradient(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def test_case_02_maml_inner_loop_divergence_names_the_inner_step_and_inner_lr() -> None:
+    model = MAML(head_net(), inner_lr=1e30, inner_steps=2, execution="loop")
+    with pytest.raises(NonFiniteLossError) as error:
+        trainer().fit(model, train_dataloaders=loader(episode_batch()))
+    message = str(error.value)
+    assert message.startswith("train meta-loss at global step 0 (train")
+    assert "the inner-loop support loss is" in message and "at inner step 1" in message
+    assert "inner learning rate (step size) is too high" in message
 
 
 def test_case_02_nonfinite_meta_gradient_is_caught_before_the_step() -> None:

@@ -415,7 +415,7 @@ class MetaLearner(L.LightningModule, ABC):
         return f"set the backbone's output size to {ways} or the datamodule's ways to {self.head_size()}"
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> Tensor:
-        with self._located(batch, "train inner loop"):
+        with self._located(batch, "train meta-loss"):
             loss = self.meta_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
@@ -435,7 +435,7 @@ class MetaLearner(L.LightningModule, ABC):
 
     def on_before_backward(self, loss: Tensor) -> None:
         """Stops at a non-finite meta-loss, whichever ``training_step`` computed it."""
-        if self.checks_finite and self._train_batch is not None:
+        if self.checks_finite:
             finite_checks.check_loss(
                 loss, self._train_batch, what="meta-loss", where=self._where("train"),
                 divergence_fix=self.divergence_fix(),

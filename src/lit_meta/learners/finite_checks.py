@@ -37,20 +37,22 @@ def nonfinite_inputs(batch: EpisodeBatch) -> str | None:
     return None
 
 
-def likeliest_cause(batch: EpisodeBatch, divergence_fix: str) -> str:
+def likeliest_cause(batch: EpisodeBatch | None, divergence_fix: str) -> str:
     """The data when ``batch`` holds non-finite values, otherwise divergence and its fix."""
+    if batch is None:
+        return f"check that the inputs are finite; if they are, the optimisation diverged: {divergence_fix}"
     where = nonfinite_inputs(batch)
     if where is not None:
         return f"the input data contains NaN or inf ({where} of this meta-batch): check the dataset and its transform"
     return f"the inputs of this meta-batch are finite, so the optimisation diverged: {divergence_fix}"
 
 
-def check_loss(loss: Tensor, batch: EpisodeBatch, *, what: str, where: str, divergence_fix: str) -> None:
+def check_loss(loss: Tensor, batch: EpisodeBatch | None, *, what: str, where: str, divergence_fix: str) -> None:
     """Raises :class:`~lit_meta.errors.NonFiniteLossError` unless every value of ``loss`` is finite.
 
     Args:
         loss: the loss (a scalar, or one value per episode).
-        batch: the meta-batch it was computed on, for the cause.
+        batch: the meta-batch it was computed on, for the cause (``None``: not an ``EpisodeBatch``).
         what: the name of the loss (``"meta-loss"``).
         where: the global step and stage (``"global step 6 (train)"``).
         divergence_fix: what to change when the inputs are finite.
@@ -82,23 +84,31 @@ def check_gradients(
         return
     names = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    cause = likeliest_cause(batch, divergence_fix) if batch is not None else divergence_fix
     raise NonFiniteGradientError(
-        f"the meta-gradient of {shown} is not finite at {where} while the meta-loss was: {cause} {TURN_OFF}"
+        f"the meta-gradient of {shown} is not finite at {where} while the meta-loss was: "
+        f"{likeliest_cause(batch, divergence_fix)} {TURN_OFF}"
     )
 
 
 @contextlib.contextmanager
 def located(batch: EpisodeBatch, *, where: str, stage: str) -> Iterator[None]:
     """Adds the global step and stage to a :class:`~lit_meta.errors.NonFiniteLossError` raised inside
-    (by the inner loop, which knows neither), and blames the data when the batch holds non-finite inputs."""
+    (by the inner loop, which knows neither), and blames the data when the batch holds non-finite inputs.
+
+    Any other error raised inside while the batch holds non-finite inputs (a probability distribution
+    refusing NaN parameters, say) becomes a :class:`~lit_meta.errors.NonFiniteLossError` blaming the
+    data, with the original as its cause; with finite inputs it propagates unchanged.
+    """
     try:
         yield
-    except NonFiniteLossError as error:
+    except Exception as error:
         inputs = nonfinite_inputs(batch)
-        detail = (
-            f"the input data contains NaN or inf ({inputs} of this meta-batch): check the dataset and its transform"
-            if inputs is not None
-            else str(error)
-        )
-        raise NonFiniteLossError(f"{stage} at {where}: {detail} {TURN_OFF}") from error
+        if inputs is not None:
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            raise NonFiniteLossError(
+                f"{stage} at {where}: the input data contains NaN or inf ({inputs} of this meta-batch): check the "
+                f"dataset and its transform (it raised {type(error).__name__}: {first_line[:200]}) {TURN_OFF}"
+            ) from error
+        if isinstance(error, NonFiniteLossError):
+            raise NonFiniteLossError(f"{stage} at {where}: {error} {TURN_OFF}") from error
+        raise
