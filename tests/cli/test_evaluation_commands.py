@@ -31,7 +31,8 @@ def test_evaluation_subcommands_load_the_checkpoint(trained, subcommand, tmp_pat
         assert metrics["test/episodes"] == 2 and 0 <= metrics["test/acc"] <= 1
     if subcommand == "predict":
         (predictions,) = cli.trainer.predict_loop.predictions
-        assert predictions.shape == (2, 6) and predictions.max() < 3  # 2 episodes x 3 ways x 2 queries
+        assert predictions.labels.shape == (2, 6) and predictions.labels.max() < 3  # 2 episodes x 3 ways x 2 queries
+        assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 1 + 2 * 6  # written by default
 
 
 def test_test_subcommand_prints_accuracy_with_its_interval(trained, tmp_path, monkeypatch, caplog):
