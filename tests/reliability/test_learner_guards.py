@@ -199,7 +199,7 @@ def test_case_11_readme_sinusoid_command_uses_the_papers_values(capsys: pytest.C
     ]
     assert "SinusoidMLP" in line and "--data.dataset sinusoid" in line
     with pytest.raises(SystemExit):
-        cli.main([*shlex.split(line)[1:], "--print_config"])
+        cli.main([*shlex.split(line, comments=True)[1:], "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
     init = config["model"]["init_args"]
     assert (init["inner_lr"], init["inner_steps"], init["eval_inner_steps"], init["meta_lr"]) == (0.01, 1, 10, 0.001)

@@ -113,8 +113,8 @@ class MetaLearner(L.LightningModule, ABC):
             into the weights, and an evaluation whose loss does, naming the global step, the
             stage and the likeliest cause: non-finite inputs, otherwise divergence
             (:mod:`lit_meta.learners.finite_checks`). It costs a host synchronisation for the
-            loss and one for the norms of all gradients at once (about 1% of a Conv4 MAML step
-            on a CPU). ``False`` turns them off, and the inner-loop check of the gradient-based learners.
+            loss and one for the norms of all gradients at once (0.6 ms, 0.04% of a second-order
+            Conv4 MAML step of 4 tasks on one CPU thread). ``False`` turns them off, and the inner-loop check of the gradient-based learners.
     """
 
     family_base: ClassVar[bool] = True
