@@ -46,7 +46,11 @@ def episode_batch(tasks: int = TASKS, seed: int = 0) -> EpisodeBatch:
 
 def loader(*batches: EpisodeBatch) -> DataLoader:
     """The batches as a loader (Lightning reads a plain list of batches as a list of loaders)."""
-    return DataLoader(list(batches), batch_size=None, collate_fn=lambda batch: batch)
+    return DataLoader(list(batches), batch_size=None, collate_fn=as_is)
+
+
+def as_is(batch: EpisodeBatch) -> EpisodeBatch:
+    return batch
 
 
 def with_nan(batch: EpisodeBatch, task: int = 1) -> EpisodeBatch:
@@ -155,6 +159,20 @@ def test_case_02_nonfinite_validation_loss_is_reported() -> None:
         trainer(limit_val_batches=1).validate(model, dataloaders=loader(with_nan(episode_batch(), task=0)))
     message = str(error.value)
     assert "val query loss of episode 0 is nan" in message and "support_x of episode 0" in message
+
+
+@pytest.mark.parametrize("stage", [pytest.param("fit", marks=pytest.mark.slow), "validate"])
+def test_case_02_under_ddp_every_process_stops(stage: str) -> None:
+    """NaN inputs on rank 1 only: both processes stop (none waits for the other in a collective) and
+    the error shown names the cause. Two spawned CPU processes: 8 s to validate, 16 s to fit (slow)."""
+    model = ProtoNet(embedding_net())
+    batches = loader(episode_batch(), with_nan(episode_batch(seed=1)))  # one batch per rank
+    ddp = trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", limit_val_batches=1)
+    run = ddp.fit if stage == "fit" else ddp.validate
+    with pytest.raises(Exception, match="input data contains NaN or inf") as error:
+        run(model, batches)
+    assert ("at global step 0 (train" if stage == "fit" else "(val") in str(error.value)
+    assert weights_finite(model)
 
 
 def test_case_02_check_finite_false_turns_the_checks_off() -> None:

@@ -22,7 +22,7 @@ from lit_meta.callbacks import RetainFreedCPUMemory
 from lit_meta.data.datasets.base import TaskDistribution
 from lit_meta.data.episode import Episode, EpisodeBatch
 from lit_meta.data.sampler import EpisodeShape
-from lit_meta.errors import CheckpointError, EpisodeConfigError
+from lit_meta.errors import CheckpointError, EpisodeConfigError, LitMetaError, NonFiniteLossError
 from lit_meta.functional.grad_mode import clone_inference_tensors, enable_adaptation_grad
 from lit_meta.learners import checkpoints, finite_checks
 from lit_meta.learners.resuming import check_checkpoint
@@ -114,7 +114,9 @@ class MetaLearner(L.LightningModule, ABC):
             stage and the likeliest cause: non-finite inputs, otherwise divergence
             (:mod:`lit_meta.learners.finite_checks`). It costs a host synchronisation for the
             loss and one for the norms of all gradients at once (0.6 ms, 0.04% of a second-order
-            Conv4 MAML step of 4 tasks on one CPU thread). ``False`` turns them off, and the inner-loop check of the gradient-based learners.
+            Conv4 MAML step of 4 tasks on one CPU thread); under DDP one collective per step
+            more, so that every process stops together. ``False`` turns them off, and the
+            inner-loop check of the gradient-based learners.
     """
 
     family_base: ClassVar[bool] = True
@@ -162,6 +164,7 @@ class MetaLearner(L.LightningModule, ABC):
         self.backbone = backbone
         self._backbone_checkpoint_pending = backbone_checkpoint is not None
         self._train_batch: EpisodeBatch | None = None  # for the cause of a non-finite loss or gradient
+        self._deferred_error: LitMetaError | None = None  # under DDP, until every process has heard of it
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict({name: EpisodeMeanCI() for name in ("loss", "acc", "mse")})
@@ -415,8 +418,12 @@ class MetaLearner(L.LightningModule, ABC):
         return f"set the backbone's output size to {ways} or the datamodule's ways to {self.head_size()}"
 
     def training_step(self, batch: EpisodeBatch, batch_idx: int) -> Tensor:
-        with self._located(batch, "train meta-loss"):
-            loss = self.meta_loss(batch)
+        try:
+            with self._located(batch, "train meta-loss"):
+                loss = self.meta_loss(batch)
+        except NonFiniteLossError as error:
+            self._stop_or_defer(error)
+            return torch.full((), float("nan"), device=batch.support_x.device, requires_grad=True)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
@@ -430,16 +437,48 @@ class MetaLearner(L.LightningModule, ABC):
             return contextlib.nullcontext()
         return finite_checks.located(batch, where=self._where(stage.split()[0]), stage=stage)
 
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
+    def _stop_or_defer(self, error: LitMetaError) -> None:
+        """Raises ``error`` now in one process; under DDP keeps it for :meth:`_raise_deferred`, which every
+        process reaches, so that none is left waiting for the others in a collective."""
+        if not self._distributed():
+            raise error
+        self._deferred_error = self._deferred_error or error
+
+    def _raise_deferred(self, where: str) -> None:
+        """Under DDP, one decision for all processes: each raises its own error, or says another one stopped."""
+        if not self._distributed():
+            return
+        error, self._deferred_error = self._deferred_error, None
+        if self.trainer.strategy.reduce_boolean_decision(error is None, all=True):
+            return
+        # Only now, on the way out, do the processes exchange their messages, so that whichever error
+        # the launcher shows names the cause.
+        messages: list[str | None] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(messages, None if error is None else str(error))
+        if error is not None:
+            raise error
+        rank, message = next((r, m) for r, m in enumerate(messages) if m is not None)
+        raise NonFiniteLossError(f"process {rank} stopped at {where}: {message}")
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._train_batch = batch if isinstance(batch, EpisodeBatch) else None
 
     def on_before_backward(self, loss: Tensor) -> None:
-        """Stops at a non-finite meta-loss, whichever ``training_step`` computed it."""
-        if self.checks_finite:
+        """Stops at a non-finite meta-loss, whichever ``training_step`` computed it, in every process
+        before any of them all-reduces its gradients."""
+        if not self.checks_finite:
+            return
+        try:
             finite_checks.check_loss(
                 loss, self._train_batch, what="meta-loss", where=self._where("train"),
                 divergence_fix=self.divergence_fix(),
             )  # fmt: skip
+        except NonFiniteLossError as error:
+            self._stop_or_defer(error)
+        self._raise_deferred(self._where("train"))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Stops at a non-finite meta-gradient before the optimiser applies it. Skipped under a
@@ -499,6 +538,12 @@ class MetaLearner(L.LightningModule, ABC):
         return outputs.detach()
 
     def _evaluate(self, batch: EpisodeBatch, stage: Literal["val", "test"]) -> None:
+        try:
+            self._evaluate_batch(batch, stage)
+        except NonFiniteLossError as error:  # under DDP the others learn of it at the end of the epoch
+            self._stop_or_defer(error)
+
+    def _evaluate_batch(self, batch: EpisodeBatch, stage: Literal["val", "test"]) -> None:
         metrics = self.metrics[stage]
         with self._located(batch, f"{stage} adaptation"):
             outputs = self.evaluate_outputs(batch)
@@ -528,6 +573,7 @@ class MetaLearner(L.LightningModule, ABC):
             )
 
     def _log_epoch_metrics(self, stage: Literal["val", "test"]) -> None:
+        self._raise_deferred(self._where(stage))
         episodes = 0.0
         for name, metric in self.metrics[stage].items():
             if metric.update_count == 0:
