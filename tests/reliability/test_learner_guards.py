@@ -211,6 +211,17 @@ def test_case_11_growing_inner_loss_warns_once_naming_inner_lr() -> None:
     assert not sinusoid_fit(inner_lr=0.01)  # the paper's value
 
 
+def test_case_11_one_vote_per_training_step() -> None:
+    """The timing trials of execution="auto" run the first batch several times: they count as one step."""
+    model = MAML(SinusoidMLP(), inner_lr=0.4)
+    support, grown = torch.ones(5, 1), torch.full((5,), 10.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(10):
+            model.check_adaptation(support, grown)  # all at global step 0
+    assert model._adaptation_growth_streak == 1
+
+
 def test_case_11_readme_sinusoid_command_uses_the_papers_values(capsys: pytest.CaptureFixture[str]) -> None:
     (line,) = [
         line for line in README.read_text().splitlines() if line.startswith("lit-meta fit --model lit_meta.MAML")

@@ -191,6 +191,7 @@ class GradientMetaLearner(MetaLearner):
         self._measured_path: ExecutionPath | None = None
         self._warned_adaptation_growth = False
         self._adaptation_growth_streak = 0
+        self._adaptation_growth_step = -1
         self._compiled_query: QueryForward | None = None
 
     @classmethod
@@ -377,6 +378,9 @@ class GradientMetaLearner(MetaLearner):
             check_finite_losses(support_losses)
         if self._warned_adaptation_growth or support_losses.numel() == 0 or not self.training:
             return
+        if self.global_step == self._adaptation_growth_step:
+            return  # one vote per training step: execution="auto" times several passes on the first batch
+        self._adaptation_growth_step = self.global_step
         before, after = support_losses[:, 0].mean(), adapted_losses.mean()
         grew = bool(after > ADAPTATION_GROWTH * before)
         self._adaptation_growth_streak = self._adaptation_growth_streak + 1 if grew else 0
