@@ -5,14 +5,18 @@ here: a fixture puts a tiny generated Omniglot release where the data-layer exam
 for it (``data/omniglot``, so nothing is downloaded), points the glyph cache at the
 session's, runs in an empty working directory, and caps every ``lightning.Trainer`` at
 :data:`MAX_STEPS` training steps and one validation/test/predict batch
-(``LIT_META_README_STEPS`` changes the cap). A failure names the README line.
+(``LIT_META_README_STEPS`` changes the cap). A block whose first line names a file
+(``# my_transforms.py``) is saved to that file, as a reader does, and later blocks import
+it from the working directory. A failure names the README line.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +57,7 @@ class ShortTrainer(lightning.Trainer):
 
 
 @pytest.fixture
-def readme_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, glyph_root: Path) -> Path:
+def readme_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, glyph_root: Path) -> Iterator[Path]:
     # 4 x 10 characters with 16 drawings each: the data-layer example's 5-way 1-shot 15-query episodes.
     make_release(
         tmp_path / "data" / "omniglot",
@@ -62,10 +66,13 @@ def readme_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, glyph_root
         evaluation={"Angelic": 10},
     )
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("LIT_META_CACHE", str(glyph_root))
     monkeypatch.setattr(lightning, "Trainer", ShortTrainer)
     monkeypatch.setattr(lightning.pytorch, "Trainer", ShortTrainer)
-    return tmp_path
+    yield tmp_path
+    for name in [path.stem for path in tmp_path.glob("*.py")]:
+        sys.modules.pop(name, None)
 
 
 def test_readme_has_the_python_examples() -> None:
@@ -76,6 +83,9 @@ def test_readme_has_the_python_examples() -> None:
 def test_readme_python_blocks_run_as_written(readme_workspace: Path) -> None:
     namespace: dict[str, Any] = {"__name__": "readme"}
     for line, code in python_blocks(README.read_text()):
+        if file_name := re.fullmatch(r"# (\w+\.py)", code.split("\n", 1)[0]):
+            (readme_workspace / file_name[1]).write_text(code)
+            continue
         # Padding keeps the README's line numbers in tracebacks.
         compiled = compile("\n" * (line - 1) + code, str(README), "exec")
         try:
