@@ -113,9 +113,9 @@ class MetaLearner(L.LightningModule, ABC):
             into the weights, and an evaluation whose loss does, naming the global step, the
             stage and the likeliest cause: non-finite inputs, otherwise divergence
             (:mod:`lit_meta.learners.finite_checks`). It costs a host synchronisation for the
-            loss and one for the norms of all gradients at once (0.6 ms, 0.04% of a second-order
-            Conv4 MAML step of 4 tasks on one CPU thread); under DDP one collective per step
-            more, so that every process stops together. ``False`` turns them off, and the
+            loss and one for the norms of all gradients at once (measured against a MAML step:
+            ``benchmarks/finite_checks_cost.py``, ``benchmarks/RESULTS.md``); under DDP one
+            collective per step more, so that every process stops together. ``False`` turns them off, and the
             inner-loop check of the gradient-based learners.
     """
 
