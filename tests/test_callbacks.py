@@ -73,5 +73,5 @@ def test_the_command_line_owns_its_process_and_retains_unless_the_learner_says_n
         f"--trainer.default_root_dir={tmp_path}",
         *setting,
     ]
-    main(args)
+    assert main(args) == 0
     assert malloc_calls == expected

@@ -7,10 +7,13 @@
 every constructor argument is a validated YAML key. ``lit-meta adapt`` labels the
 images of a new task with a trained checkpoint (:mod:`lit_meta.adaptation`);
 ``lit-meta embed`` writes its backbone's features of a dataset (:mod:`lit_meta.feature_export`).
+Errors print one line naming the config key (:mod:`lit_meta.cli_errors`); ``--debug`` or
+``LIT_META_DEBUG=1`` prints the traceback instead.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import os
@@ -30,8 +33,16 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_meta import __version__
 from lit_meta.callbacks import EpisodeImageLogger, EpisodePredictionWriter, RetainFreedCPUMemory, StepSizeMonitor
+from lit_meta.cli_errors import (
+    DEBUG_ENVIRONMENT_VARIABLE,
+    DEBUG_FLAG,
+    instantiation_error,
+    parse_error_line,
+    split_debug_flag,
+)
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.datasets import DATASETS
+from lit_meta.errors import LitMetaError
 from lit_meta.learners.base import MetaLearner, init_arguments
 from lit_meta.learners.registry import registered_learners
 from lit_meta.metrics import format_mean_ci
@@ -45,23 +56,33 @@ def available_learners() -> list[str]:
     return sorted({cls.__name__ for cls in registered_learners().values()})
 
 
+SUBCOMMANDS = {
+    "fit": "meta-train a learner (then test it if test_after_fit)",
+    "validate": "evaluate on the meta-validation episodes, with 95% CI",
+    "test": "evaluate on the meta-test episodes, with 95% CI",
+    "predict": "label the queries of the meta-test episodes",
+    "adapt": "label new images from a few examples per class",
+    "embed": "write a checkpoint's backbone features to a .npz",
+}
+"""Every subcommand with its one-line help; ``adapt`` and ``embed`` run before LightningCLI (:func:`main`)."""
+
+
 def _description() -> str:
     return (
         "Meta-learning and few-shot learning for PyTorch Lightning.\n\n"
-        "  lit-meta fit --config configs/quickstart.yaml      meta-train (then test, if test_after_fit)\n"
-        "  lit-meta test --config CONFIG --ckpt_path CKPT     evaluate: accuracy with its 95% CI\n"
-        "  lit-meta adapt --ckpt_path CKPT --support DIR --query DIR\n"
-        "                                                     label new images from a few examples\n"
-        "                                                     (see lit-meta adapt --help)\n"
-        "  lit-meta embed --ckpt_path CKPT --output FILE.npz  write the backbone's features of every item,\n"
-        "                                                     for data.dataset: features (lit-meta embed --help)"
+        "  lit-meta fit --config configs/quickstart.yaml\n"
+        "  lit-meta test --config CONFIG --ckpt_path CKPT\n"
+        "  lit-meta adapt --ckpt_path CKPT --support DIR --query DIR"
     )
 
 
 def _epilog() -> str:
     return (
         f"learners (model.class_path): {', '.join(available_learners())}\n"
-        f"datasets (data.dataset): {', '.join(sorted(DATASETS))}"
+        f"datasets (data.dataset): {', '.join(sorted(DATASETS))}\n"
+        "class paths are imported from the current folder and PYTHONPATH (my_project.MyLearner)\n"
+        f"errors print one line; {DEBUG_FLAG} (anywhere on the line) or {DEBUG_ENVIRONMENT_VARIABLE}=1 "
+        "prints the traceback"
     )
 
 
@@ -86,14 +107,26 @@ class MetaLearningCLI(LightningCLI):
 
     Every registered learner (including those of the ``lit_meta.learners`` entry
     points) is imported before the arguments are parsed, so ``--model Name`` finds it.
+
+    A refused value raises one :class:`~lit_meta.errors.ConfigError` naming its config key
+    (a value jsonargparse refuses: one line and ``SystemExit(2)``, as argparse does);
+    ``debug=True`` keeps jsonargparse's full message and the constructor's own exception.
     """
 
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, args: Sequence[str] | None = None, run: bool = True, *, debug: bool = False, **kwargs: Any
+    ) -> None:
+        self.debug = debug
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault(
             "parser_kwargs",
-            {"description": _description(), "epilog": _epilog(), "formatter_class": _RawHelpFormatter},
+            {
+                "prog": "lit-meta",
+                "description": _description(),
+                "epilog": _epilog(),
+                "formatter_class": _RawHelpFormatter,
+            },
         )
         trainer_defaults = {
             "logger": lazy_instance(CSVLogger, save_dir="."),
@@ -113,6 +146,28 @@ class MetaLearningCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        parser.debug = self.debug  # type: ignore[attr-defined]
+        return parser
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            _list_subcommands(self.parser)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as exc:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            error = None if self.debug else instantiation_error(exc, config)
+            if error is None:
+                raise
+            raise error from exc
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": {"class_path": "lit_meta.data.datamodule.EpisodicDataModule"}})
@@ -206,18 +261,38 @@ class _SaveConfigInRunDir(SaveConfigCallback):
         if os.path.isfile(path) and not self.overwrite:
             raise RuntimeError(f"{path} exists: a previous run wrote it; choose another save_dir or version")
         os.makedirs(directory, exist_ok=True)
-        self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+        self.parser.save(self.config, path, skip_unset=False, overwrite=self.overwrite, multifile=self.multifile)
 
 
 class _ArgumentParser(LightningArgumentParser):
-    """Errors for an unknown key also list the keys that are valid there."""
+    """Refused values print one line (:func:`~lit_meta.cli_errors.parse_error_line`) instead of the
+    usage and jsonargparse's nested message, unless ``debug``; an unknown key also lists the valid ones."""
+
+    debug = False
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
-        super().error(message + _valid_keys_hint(self, message), ex)
+        hint = _valid_keys_hint(self, message)
+        if self.debug or not self.exit_on_error:  # not exit_on_error: jsonargparse tries another type
+            super().error(f"{message}\n{hint}" if hint else message, ex)
+        sys.stderr.write(f"lit-meta: error: {parse_error_line(message, hint)}\n")
+        self.exit(2)
+
+
+def _list_subcommands(parser: LightningArgumentParser) -> None:
+    """``--help`` lists every subcommand of :data:`SUBCOMMANDS` with its line (Lightning's are cut
+    from the ``Trainer`` docstrings), ``adapt`` and ``embed`` included, which :func:`main` runs."""
+    action = parser._subcommands_action
+    for choice in action._choices_actions:
+        choice.help = SUBCOMMANDS.get(choice.dest, choice.help)
+    listed = {choice.dest for choice in action._choices_actions}
+    for name, line in SUBCOMMANDS.items():
+        if name not in listed:
+            action._choices_actions.append(argparse._SubParsersAction._ChoicesPseudoAction(name, (), line))
+    action.metavar = "{" + ",".join(choice.dest for choice in action._choices_actions) + "}"
 
 
 def _valid_keys_hint(parser: LightningArgumentParser, message: str) -> str:
-    """The valid keys, and the closest to the wrong one, for jsonargparse's unknown-key errors."""
+    """The valid keys, and the closest to the wrong one, for jsonargparse's unknown-key errors ("" for others)."""
     if match := re.search(r"class_path '([\w.]+)':\s+Option '(\w+)' is not accepted", message):
         class_path, key = match.groups()
         try:
@@ -238,8 +313,8 @@ def _valid_keys_hint(parser: LightningArgumentParser, message: str) -> str:
     else:
         return ""
     close = difflib.get_close_matches(key, valid, n=1)
-    suggestion = f" Did you mean '{close[0]}'?" if close else ""
-    return f"\n'{key}' is not valid.{suggestion} Valid {where}: {', '.join(valid)}"
+    suggestion = f"Did you mean '{close[0]}'? " if close else ""
+    return f"{suggestion}Valid {where}: {', '.join(valid)}"
 
 
 class _RawHelpFormatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):
@@ -247,8 +322,20 @@ class _RawHelpFormatter(DefaultHelpFormatter, RawDescriptionHelpFormatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lit-meta`` console script."""
-    given = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the ``lit-meta`` console script: returns the exit status, never raises ``SystemExit``.
+
+    0 on success (and for ``--help``); 2 for a command line, config or run that lit-meta
+    refused (a :class:`~lit_meta.errors.LitMetaError`, a value jsonargparse or a constructor
+    refused), with one line on stderr naming the config key; other exceptions propagate.
+    With ``--debug`` anywhere in ``argv`` or ``LIT_META_DEBUG=1``, refused values print
+    jsonargparse's full message and lit-meta's errors propagate with their traceback.
+    Called from Python, ``argv`` is the command line and the same statuses are returned.
+    As the console script (``argv=None``) it first puts the current folder on ``sys.path``,
+    as ``python -m`` does, so ``--model my_project.MyLearner`` imports ``./my_project``.
+    """
+    if argv is None:
+        import_from_working_directory()
+    given, debug = split_debug_flag(sys.argv[1:] if argv is None else argv)
     if given[:1] == ["adapt"]:
         from lit_meta.adaptation import main as adapt_main
 
@@ -260,14 +347,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given[:1] == ["--version"]:
         print(f"lit-meta {__version__}")
         return 0
-    if argv is None:
-        MetaLearningCLI()
-        return 0
-    with warnings.catch_warnings():
-        # Called from Python (tests, notebooks) the process's own sys.argv is unrelated to argv.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        MetaLearningCLI(args=given)
+    try:
+        with warnings.catch_warnings():
+            # argv is the command line (sys.argv less --debug, or a Python caller's); Lightning warns about both.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            MetaLearningCLI(args=given, debug=debug)
+    except SystemExit as exit_:  # --help, --print_config (0), or a refused value, printed (2)
+        return exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    except LitMetaError as exc:
+        if debug:
+            raise
+        print(f"lit-meta: error: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def import_from_working_directory() -> None:
+    """Put the current folder first on ``sys.path``, as ``python -m`` does: the command line owns its process."""
+    cwd = os.getcwd()
+    if not any(os.path.abspath(entry or os.curdir) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
 
 
 if __name__ == "__main__":

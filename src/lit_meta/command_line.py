@@ -20,7 +20,9 @@ def import_user_modules(names: Sequence[str]) -> None:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise LitMetaError(f"--import {name}: {exc}; put the module's folder on PYTHONPATH") from exc
+            raise LitMetaError(
+                f"--import {name}: {exc}; run lit-meta from the module's folder or put that folder on PYTHONPATH"
+            ) from exc
 
 
 def torch_device(name: str) -> torch.device:

@@ -54,3 +54,10 @@ class CheckpointGlobalsError(CheckpointError, pickle.UnpicklingError):
 class TransformError(LitMetaError, ValueError):
     """A dataset transform that a checkpoint cannot name (a lambda, a local function, an object),
     or an import path that names no callable."""
+
+
+class ConfigError(LitMetaError, ValueError):
+    """A value of the ``lit-meta`` command line or its config file that a constructor refused.
+
+    The message starts with the value's config key when it is known (``data.ways=0: ...``).
+    """

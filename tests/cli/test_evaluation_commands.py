@@ -38,5 +38,5 @@ def test_evaluation_subcommands_load_the_checkpoint(trained, subcommand, tmp_pat
 def test_test_subcommand_prints_accuracy_with_its_interval(trained, tmp_path, monkeypatch, caplog):
     config, checkpoint = trained
     monkeypatch.chdir(tmp_path)
-    main(["test", "--config", str(config), "--ckpt_path", str(checkpoint), "--trainer.logger", "false"])
+    assert main(["test", "--config", str(config), "--ckpt_path", str(checkpoint), "--trainer.logger", "false"]) == 0
     assert any("test/acc" in r.message and "95% CI over 2 episodes" in r.message for r in caplog.records)

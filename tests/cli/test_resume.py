@@ -60,7 +60,7 @@ def write_config(
 
 
 def fit(config: Path, save_dir: Path, *extra: str) -> Path:
-    main(["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(save_dir), *extra])
+    assert main(["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(save_dir), *extra]) == 0
     (version,) = (save_dir / "lightning_logs").iterdir()
     return version
 

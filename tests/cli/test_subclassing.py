@@ -42,7 +42,7 @@ def test_task_loss_hook_reaches_the_inner_and_the_outer_loop():
 
 
 def test_subclass_runs_through_the_cli(tmp_path):
-    main([
+    assert main([
         "fit",
         "--model", f"{__name__}.ScaledLossMAML",
         "--model.backbone", "lit_meta.backbones.OmniglotMLP",
@@ -58,6 +58,6 @@ def test_subclass_runs_through_the_cli(tmp_path):
         "--data.val_episodes", "2",
         "--trainer.max_steps", "2",
         "--trainer.logger.init_args.save_dir", str(tmp_path),
-    ])  # fmt: skip
+    ]) == 0  # fmt: skip
     (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").iterdir()
     assert torch.load(checkpoint, weights_only=True)["lit_meta_learner"] == f"{__name__}.ScaledLossMAML"
