@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -67,6 +67,9 @@ class RetainFreedCPUMemory(L.Callback):
     jemalloc preloaded).
     """
 
+    announced: ClassVar[bool] = False
+    """Whether this process has said so: once, not at every ``fit`` and ``test``."""
+
     def __init__(self) -> None:
         self.retaining = False
 
@@ -74,9 +77,10 @@ class RetainFreedCPUMemory(L.Callback):
         if trainer.strategy.root_device.type != "cpu" or self.retaining:
             return
         self.retaining = glibc_malloc.retain_freed_memory()
-        if self.retaining:
+        if self.retaining and not RetainFreedCPUMemory.announced:
+            RetainFreedCPUMemory.announced = True
             rank_zero_info(
-                "lit-meta: glibc malloc keeps freed memory for reuse while the Trainer runs "
+                "lit-meta: glibc malloc keeps freed memory for reuse while a Trainer runs in this process "
                 "(retain_cpu_memory; fewer page faults per task)"
             )
 

@@ -39,6 +39,11 @@ ClassScores = Literal["backbone_head", "learner"]
 """Where a classifier's class scores come from: the outputs of the backbone's last ``nn.Linear``
 (so its size must equal the ways), or the learner's own computation (any number of ways)."""
 
+_SYNCED: dict[str, Any] = {"sync_dist": True, "reduce_fx": "max"}
+"""``self.log`` options for values torchmetrics has already reduced across processes (identical on
+every rank): Lightning asks for ``sync_dist`` at epoch level under DDP, and the max of identical
+values leaves them exactly as they are (a mean could change the last bit)."""
+
 
 class MetaLearner(L.LightningModule, ABC):
     """Base of every meta-learner: episodes in, meta-loss and episodic metrics out.
@@ -579,20 +584,24 @@ class MetaLearner(L.LightningModule, ABC):
             if metric.update_count == 0:
                 continue
             values = metric.compute()
-            self.log(f"{stage}/{name}", values["mean"], prog_bar=name in ("acc", "mse"))
-            self.log(f"{stage}/{name}_ci95", values["ci95"])
+            self.log(f"{stage}/{name}", values["mean"], prog_bar=name in ("acc", "mse"), **_SYNCED)
+            self.log(f"{stage}/{name}_ci95", values["ci95"], **_SYNCED)
             episodes = float(values["count"])
             metric.reset()
         if episodes:
-            self.log(f"{stage}/episodes", episodes)  # how many episodes the mean and CI are over
+            self.log(f"{stage}/episodes", episodes, **_SYNCED)  # how many episodes the mean and CI are over
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_callbacks(self) -> list[L.Callback]:
         """The callbacks this learner needs: :class:`RetainFreedCPUMemory` when ``retain_cpu_memory=True``.
 
-        With ``None`` the ``lit-meta`` command line adds it, as the owner of its process.
+        With ``None`` the ``lit-meta`` command line adds it, as the owner of its process. None when
+        the Trainer has one already (from an earlier ``fit``), which Lightning would report replacing.
         """
-        return [RetainFreedCPUMemory()] if self.hparams.get("retain_cpu_memory") else []
+        callbacks = self._trainer.callbacks if self._trainer is not None else []
+        if not self.hparams.get("retain_cpu_memory") or any(isinstance(c, RetainFreedCPUMemory) for c in callbacks):
+            return []
+        return [RetainFreedCPUMemory()]
 
     def adjust_optimizer_state(self, checkpoint: dict[str, Any], stored: Mapping[str, Any], path: Any) -> None:
         """Makes the optimiser and schedule state of a checkpoint that ``fit`` resumes follow this learner's
