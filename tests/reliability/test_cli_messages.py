@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import yaml
+from _pytest.config import parse_warning_filter
 
 from lit_meta import ProtoNet
 from lit_meta.backbones import Conv4
@@ -158,11 +159,14 @@ def test_case_16d_the_cli_uses_no_deprecated_jsonargparse_api(tmp_path: Path) ->
     assert yaml.safe_load(config.read_text())["data"]["init_args"]["eval_ways"] is None  # None values kept
 
 
-def test_case_16e_a_deprecation_warning_from_lit_meta_fails_the_tests() -> None:
-    """pyproject's ``error::DeprecationWarning:lit_meta`` filter, as pytest applies it to every test."""
-    with pytest.raises(DeprecationWarning):
-        warnings.warn_explicit("old API", DeprecationWarning, "cli.py", 1, module="lit_meta.cli")
-    warnings.warn_explicit("old API", DeprecationWarning, "x.py", 1, module="some_library")  # not ours: no error
+def test_case_16e_a_deprecation_warning_from_lit_meta_fails_the_tests(request: pytest.FixtureRequest) -> None:
+    """pyproject's ``filterwarnings`` (as pytest applies them to every test, unless ``-W`` overrides them)."""
+    with warnings.catch_warnings():
+        for entry in request.config.getini("filterwarnings"):
+            warnings.filterwarnings(*parse_warning_filter(entry, escape=False))
+        with pytest.raises(DeprecationWarning):
+            warnings.warn_explicit("old API", DeprecationWarning, "cli.py", 1, module="lit_meta.cli")
+        warnings.warn_explicit("old API", DeprecationWarning, "x.py", 1, module="some_library")  # not ours
 
 
 @pytest.mark.slow  # two spawned processes importing Lightning: ~30 s on 2 cores
