@@ -4,6 +4,7 @@ validation included."""
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,11 @@ def test_resume_from_mid_epoch_checkpoint_equals_uninterrupted_run(tmp_path, lea
     uninterrupted = fit(config, tmp_path / "uninterrupted")
     checkpoint = uninterrupted / "checkpoints" / "step=6.ckpt"  # mid-way through epoch 1
     assert checkpoint.is_file()
-    resumed = fit(config, tmp_path / "resumed", "--ckpt_path", str(checkpoint))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = fit(config, tmp_path / "resumed", "--ckpt_path", str(checkpoint))
+    # The datamodule keeps the position: Lightning must not call the loader unresumable (issue 17, case 16).
+    assert not [w for w in caught if "not resumable" in str(w.message)]
 
     expected, replayed = train_losses(uninterrupted), train_losses(resumed)
     assert sorted(replayed) == [s for s in sorted(expected) if s >= 6]  # logged step = global_step - 1

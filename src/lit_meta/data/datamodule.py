@@ -237,7 +237,8 @@ class EpisodicDataModule(L.LightningDataModule):
         if split == "train":
             self._check_train_steps()
         workers = self.hparams.num_workers
-        return DataLoader(
+        loader = _PositionKeptByDataModule if split == "train" else DataLoader
+        return loader(
             EpisodeDataset(self.splits[split]),
             batch_size=self.batch_sizes[split],
             sampler=self.samplers[split],
@@ -317,6 +318,19 @@ class EpisodicDataModule(L.LightningDataModule):
             self.samplers["train"].load_state_dict(state)
         else:
             self._pending_sampler_state["train"] = state
+
+
+class _PositionKeptByDataModule(DataLoader):
+    """The training loader. Its position is kept by :meth:`EpisodicDataModule.state_dict` (episodes
+    consumed, so resuming mid-epoch replays the uninterrupted run); having ``state_dict`` /
+    ``load_state_dict`` of its own, with nothing more to keep, tells Lightning it resumes, so
+    Lightning does not warn at every mid-epoch resume that the loader is not resumable."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the datamodule restores the sampler's position."""
 
 
 @contextlib.contextmanager
