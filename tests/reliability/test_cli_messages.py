@@ -137,7 +137,14 @@ def test_case_16a_the_malloc_message_is_said_once_per_process(
 
 def test_case_16b_testing_after_fit_replaces_no_callback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     datamodule = EpisodicDataModule(
-        "glyphs", root=str(tmp_path), dataset_kwargs=GLYPHS, ways=3, shots=1, queries=2, train_episodes=2
+        "glyphs",
+        root=str(tmp_path),
+        dataset_kwargs=GLYPHS,
+        ways=3,
+        shots=1,
+        queries=2,
+        train_episodes=2,
+        meta_batch_size=2,
     )
     model = ProtoNet(Conv4(in_channels=1, out_features=None, hidden_channels=8), retain_cpu_memory=True)
     trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False)
