@@ -512,6 +512,21 @@ class MetaLearner(L.LightningModule, ABC):
             return EpisodePredictions(outputs, batch.classes, None, batch.query_y)
         return EpisodePredictions(outputs.argmax(-1), batch.classes, outputs.float().softmax(-1), batch.query_y)
 
+    def on_validation_epoch_start(self) -> None:
+        self._reset_epoch_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_epoch_metrics("test")
+
+    def _reset_epoch_metrics(self, stage: Literal["val", "test"]) -> None:
+        """Fresh metric states for an evaluation, owned by this process.
+
+        ``reset`` replaces the state tensors. Under ``strategy="ddp_spawn"`` on CPU the learner
+        reaches each process through shared memory, so until then every process updated the same
+        tensors and the synced counts were doubled (8 episodes reported for 4)."""
+        for metric in self.metrics[stage].values():
+            metric.reset()
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
