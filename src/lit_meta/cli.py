@@ -42,7 +42,7 @@ from lit_meta.cli_errors import (
 )
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.datasets import DATASETS
-from lit_meta.errors import LitMetaError
+from lit_meta.errors import CheckpointError, LitMetaError
 from lit_meta.learners.base import MetaLearner, init_arguments
 from lit_meta.learners.registry import registered_learners
 from lit_meta.metrics import format_mean_ci
@@ -196,7 +196,20 @@ class MetaLearningCLI(LightningCLI):
         <lit_meta.learners.MetaLearner.on_load_checkpoint>`): another learner class is an
         error, other hyperparameters a warning that lists them (an error for those that
         change the network).
+
+        Raises:
+            CheckpointError: ``ckpt_path`` names a local file that does not exist (before anything
+                is built; Lightning's own error came with a traceback, after the data was set up).
         """
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not isinstance(path, str) or path in ("best", "last", "hpc") or "://" in path or path.startswith("registry"):
+            return  # Lightning's names for checkpoints of this run, remote files and model-registry entries
+        if not os.path.isfile(path):
+            raise CheckpointError(
+                f"ckpt_path={path}: no such file; give a checkpoint a run wrote (lightning_logs/version_N/checkpoints/"
+                "last.ckpt, say), or 'best' or 'last' to test after a fit in the same run"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

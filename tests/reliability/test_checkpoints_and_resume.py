@@ -17,13 +17,13 @@ import torch
 
 from lit_meta.adaptation import load_learner
 from lit_meta.backbones import MLP
-from lit_meta.cli import MetaLearningCLI
+from lit_meta.cli import MetaLearningCLI, main
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.errors import CheckpointError, CheckpointGlobalsError, TransformError
 from lit_meta.learners import MAML, MatchingNet, MetaLearner, ProtoNet
 
 from ..cli.test_resume import LEARNERS, write_config
-from ..conftest import TinyImages
+from ..conftest import REPO_ROOT, TinyImages
 
 
 def tiny_mlp(out_features: int | None) -> MLP:
@@ -145,6 +145,17 @@ def test_case_08_a_checkpoint_of_another_learner_names_both_classes(protonet_che
     ):
         MAML.load_from_checkpoint(protonet_checkpoint)
     assert type(ProtoNet.load_from_checkpoint(protonet_checkpoint)) is ProtoNet
+
+
+def test_case_08_a_missing_ckpt_path_is_one_line_before_anything_is_built(tmp_path, capsys):
+    missing = tmp_path / "no_such.ckpt"
+    args = ["test", f"--config={REPO_ROOT / 'configs' / 'quickstart.yaml'}", f"--ckpt_path={missing}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"lit-meta: error: ckpt_path={missing}: no such file; give a checkpoint a run wrote" in err
+    with pytest.raises(CheckpointError, match="no such file"):
+        MetaLearningCLI(args=args)
 
 
 # -- case 12: a dataset transform in the datamodule's hyperparameters ---------------------------------
