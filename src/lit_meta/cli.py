@@ -360,6 +360,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given[:1] == ["--version"]:
         print(f"lit-meta {__version__}")
         return 0
+    if not given or (not given[0].startswith("-") and given[0] not in SUBCOMMANDS):
+        what = f"unknown subcommand {given[0]!r}" if given else "no subcommand"
+        close = difflib.get_close_matches(given[0], SUBCOMMANDS, n=1) if given else []
+        suggestion = f" Did you mean {close[0]!r}?" if close else ""
+        print(
+            f"lit-meta: error: {what}.{suggestion} Use one of {', '.join(SUBCOMMANDS)} (lit-meta --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         with warnings.catch_warnings():
             # argv is the command line (sys.argv less --debug, or a Python caller's); Lightning warns about both.

@@ -234,3 +234,17 @@ def test_case_19_help_lists_every_subcommand_in_full(capsys: pytest.CaptureFixtu
     for name, line in SUBCOMMANDS.items():
         assert f"{name} {line}" in listed
     assert "--debug" in out and "LIT_META_DEBUG=1" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [(["fitt"], "unknown subcommand 'fitt'. Did you mean 'fit'?"), ([], "no subcommand.")],
+    ids=["misspelt", "none"],
+)
+def test_case_19_a_wrong_or_missing_subcommand_lists_all_six(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"lit-meta: error: {said} Use one of fit, validate, test, predict, adapt, embed (lit-meta --help)\n"
+    )
