@@ -137,10 +137,18 @@ VAL_EVERY = 2  # validation after batches 2 and 4 of every 4-batch epoch: mid-ep
 
 @pytest.fixture(scope="module")
 def uninterrupted_run(tmp_path_factory) -> tuple[Path, Path]:
-    """One reference run with a checkpoint after every step, shared by every position."""
+    """One reference run with a checkpoint after every step, shared by every position.
+
+    Single-threaded, as the resumed runs are (the autouse ``one_thread`` fixture is function-scoped,
+    so it is not yet active here): another thread count sums in another order, in the last bits."""
     root = tmp_path_factory.mktemp("every_step")
     config = write_config(root, LEARNERS["protonet"], 0, every_n_train_steps=1, val_check_interval=VAL_EVERY)
-    return config, fit(config, root / "uninterrupted")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return config, fit(config, root / "uninterrupted")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def resume_at(uninterrupted_run: tuple[Path, Path], step: int, tmp_path: Path) -> None:

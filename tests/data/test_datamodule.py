@@ -63,7 +63,7 @@ def test_dataloaders_are_plain_torch_dataloaders_yielding_episode_batches():
     dm = tiny_datamodule()
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert type(loader) is DataLoader and isinstance(loader.sampler, EpisodeSampler)
+    assert isinstance(loader, DataLoader) and isinstance(loader.sampler, EpisodeSampler)
     batch = next(iter(loader))
     assert isinstance(batch, EpisodeBatch) and len(batch) == 2
     assert batch.support_x.shape == (2, 3, 1, 8, 8) and batch.query_x.shape == (2, 6, 1, 8, 8)
