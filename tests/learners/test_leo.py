@@ -207,6 +207,7 @@ def test_meta_learns_pre_computed_features_with_an_identity_backbone():
     assert untrained["test/acc"] < 0.45 and trained["test/acc"] > 0.7, (untrained, trained)
 
 
+@pytest.mark.slow  # 20-30 s on 2 cores; the contract test runs this learner by default
 def test_learns_glyphs_end_to_end_well_above_chance(tmp_path):
     """5-way 1-shot on procedural glyphs with a small Conv4 meta-trained through LEO: chance is 20%.
     100 steps of 4 tasks, about 20 s on one thread."""

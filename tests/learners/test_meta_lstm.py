@@ -138,6 +138,7 @@ def test_options_the_meta_learner_fixes_are_refused_with_the_fix(option, message
         MetaLSTM(small_net(), **option)
 
 
+@pytest.mark.slow  # 20-30 s on 2 cores; the contract test runs this learner by default
 def test_meta_lstm_meta_trained_briefly_on_glyphs_beats_chance_by_a_wide_margin(glyph_root):
     """40 steps of 4 tasks, 5 learner updates each, the authors' initialisation and
     clipping (about 20-30 s on one thread); chance is 20%."""

@@ -238,6 +238,7 @@ def glyph_test_accuracy(steps: int, root: Path) -> float:
     return scores["test/acc"]
 
 
+@pytest.mark.slow  # 20-30 s on 2 cores; the contract test runs this learner by default
 def test_learns_glyphs_above_chance_in_100_steps(tmp_path: Path) -> None:
     """Chance is 20%; measured 45.0% after 100 steps (~17 s on 2 CPU cores): asserted 35%."""
     assert glyph_test_accuracy(100, tmp_path) > 0.35

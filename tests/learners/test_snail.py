@@ -177,6 +177,7 @@ def learn_glyphs(tmp_path, steps: int) -> float:
     return scores["test/acc"]
 
 
+@pytest.mark.slow  # 20-30 s on 2 cores; the contract test runs this learner by default
 def test_learns_glyphs_above_chance(tmp_path):
     """Chance is 20%. SNAIL sits at chance for its first ~150 steps, then learns to look up the query's
     match: 56% after 400 steps (measured, 25-30 s on 2 loaded cores); asserted > 35%."""
