@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -11,7 +12,9 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from importlib.resources import files as package_files
 from pathlib import Path
+from types import MappingProxyType
 from typing import ClassVar, Literal, get_args
 
 import numpy as np
@@ -30,8 +33,60 @@ from lit_meta.data.preprocessing import ImagePreprocessing, describe_transform
 from lit_meta.data.transforms import decode_image, invert
 from lit_meta.errors import DatasetError
 
-OmniglotSplit = Literal["vinyals", "lake", "santoro"]
+OmniglotSplit = Literal["vinyals", "lake", "santoro", "seeded"]
 OMNIGLOT_SPLITS: tuple[OmniglotSplit, ...] = get_args(OmniglotSplit)
+
+VINYALS_SPLIT_FILES: tuple[SplitName, ...] = ("train", "val", "test")
+"""The published lists, ``lit_meta/data/splits/omniglot_vinyals/<name>.txt``; the package
+also ships ``trainval.txt`` (``train.txt`` followed by ``val.txt``) and ``SOURCE.md``."""
+_LIST_LINE = re.compile(r"([^/\s]+/character\d+)/rot(\d{3})")
+_LISTED_ANGLES = frozenset({0, 90, 180, 270})
+
+
+@functools.cache
+def vinyals_split() -> MappingProxyType[str, SplitName]:
+    """The published Omniglot split of Vinyals et al. (2016) as used by Snell et al. (2017):
+    ``"<Alphabet>/characterNN"`` -> ``"train"``, ``"val"`` or ``"test"`` for all 1623
+    characters (1028 / 172 / 423).
+
+    Read from the lists shipped with the package (``lit_meta/data/splits/omniglot_vinyals/``,
+    MIT, Copyright (c) 2017 Jake Snell, from jakesnell/prototypical-networks; see
+    ``SOURCE.md`` there). The lists name classes ``<Alphabet>/characterNN/rotDDD``; every
+    character is listed with all four rotations (``rot000`` to ``rot270``) in one list,
+    which is checked here, so the split is by character and every rotation class of a
+    character is in the list that names the character.
+
+    Raises:
+        DatasetError: the shipped lists are missing or malformed (a damaged installation).
+    """
+    folder = package_files("lit_meta.data").joinpath("splits", "omniglot_vinyals")
+    angles: dict[str, set[int]] = {}
+    split_of: dict[str, SplitName] = {}
+    for split in VINYALS_SPLIT_FILES:
+        try:
+            lines = folder.joinpath(f"{split}.txt").read_text(encoding="utf-8").split()
+        except OSError as exc:
+            raise DatasetError(
+                f"the published Omniglot split list {split}.txt is missing from the lit-meta installation "
+                f"({exc}); reinstall lit-meta"
+            ) from exc
+        for line in lines:
+            match = _LIST_LINE.fullmatch(line)
+            if match is None or split_of.setdefault(match[1], split) != split:
+                raise DatasetError(
+                    f"malformed line {line!r} in the published Omniglot split list {split}.txt of the lit-meta "
+                    "installation (expected <Alphabet>/characterNN/rotDDD, each character in one list); "
+                    "reinstall lit-meta"
+                )
+            angles.setdefault(match[1], set()).add(int(match[2]))
+    incomplete = [name for name, listed in angles.items() if listed != _LISTED_ANGLES]
+    if incomplete:
+        raise DatasetError(
+            f"the published Omniglot split lists of the lit-meta installation do not name all four rotations of "
+            f"{', '.join(incomplete[:3])}; reinstall lit-meta"
+        )
+    return MappingProxyType(split_of)
+
 
 # A drawing's path ends in <Alphabet>/characterNN/XXXX_YY.png: XXXX is the global character
 # id (0001-1623), YY the drawer (01-20).
@@ -74,25 +129,30 @@ class Omniglot(MetaDataset):
 
     **Splits**, all by character and disjoint:
 
-    * ``"vinyals"`` (default): 1200 characters for meta-training and 423 for
-      meta-testing, as in Vinyals et al. (2016), "Matching Networks for One Shot
-      Learning" (NeurIPS); 172 of the 1200 are held out for validation, giving the
-      1028 / 172 / 423 split of Snell, Swersky & Zemel (2017), "Prototypical Networks
-      for Few-shot Learning" (NeurIPS). The published split lists are not part of the
-      release, so the characters are drawn by a fixed permutation,
-      ``numpy.random.default_rng(VINYALS_SPLIT_SEED).permutation(1623)`` of the class
-      numbers with ``VINYALS_SPLIT_SEED = 0``: the first 423 are meta-test, the next 172
-      meta-val, the rest meta-train. (For a partial release the sizes scale with the
-      number of characters.)
+    * ``"vinyals"`` (default): the published split of Vinyals et al. (2016), "Matching
+      Networks for One Shot Learning" (NeurIPS), 1200 characters for meta-training and
+      423 for meta-testing, with the 172 validation characters of Snell, Swersky & Zemel
+      (2017), "Prototypical Networks for Few-shot Learning" (NeurIPS): 1028 / 172 / 423,
+      the character lists of Snell et al.'s code, shipped with lit-meta (see
+      :func:`vinyals_split`). Characters are matched by their folder names
+      (``<Alphabet>/characterNN``); a release that lacks characters the lists name is
+      refused unless ``allow_partial=True``.
+    * ``"seeded"``: the 1028 / 172 / 423 sizes drawn by a fixed permutation,
+      ``numpy.random.default_rng(SEEDED_SPLIT_SEED).permutation(1623)`` of the class
+      numbers with ``SEEDED_SPLIT_SEED = 0``: the first 423 are meta-test, the next 172
+      meta-val, the rest meta-train; for a partial release the sizes scale with the number
+      of characters. This was lit-meta's ``"vinyals"`` split before the published lists
+      were shipped: not the papers' test characters.
     * ``"lake"``: the background set is meta-train and the evaluation set meta-test
       (Lake et al., 2015), minus five background alphabets held out for validation
       (``LAKE_VALIDATION_ALPHABETS``, 81 characters): 883 / 81 / 659.
     * ``"santoro"``: 1200 characters for meta-training and the remaining 423 for
       meta-testing, with no validation characters, as in Santoro et al. (2016),
       "Meta-Learning with Memory-Augmented Neural Networks" (ICML), Section 4.1:
-      1200 / 0 / 423. The 423 are the ``"vinyals"`` meta-test characters and the
-      1200 its meta-train and meta-val ones together (the paper's lists are not
-      published either). The paper downscaled the images to 20x20 pixels: pass
+      1200 / 0 / 423. The 423 are the published ``"vinyals"`` meta-test characters and
+      the 1200 its meta-train and meta-val ones together (``trainval.txt``; the paper's
+      own lists are not published, and Vinyals et al.'s 1200 / 423 split follows it). The
+      same release checks as ``"vinyals"`` apply. The paper downscaled the images to 20x20 pixels: pass
       ``image_size=20`` to match it (the default stays 28). As the paper holds out
       nothing for validation, :meth:`has_split` is ``False`` for ``"val"`` and
       :meth:`split` refuses it; :class:`~lit_meta.data.datamodule.EpisodicDataModule`
@@ -101,15 +161,18 @@ class Omniglot(MetaDataset):
     ``rotations`` (default 0, 90, 180 and 270 degrees) turn every character's rotations
     into new classes (Santoro et al., 2016, "Meta-Learning with Memory-Augmented Neural
     Networks", ICML; Vinyals et al., 2016; Finn et al., 2017, "Model-Agnostic
-    Meta-Learning", ICML). They are applied after splitting, so all rotations of a
-    character share its split: by default the splits hold 4112 / 688 / 1692 classes
-    (``"vinyals"``), 3532 / 324 / 2636 (``"lake"``) or 4800 / 0 / 1692 (``"santoro"``).
+    Meta-Learning", ICML), turned counter-clockwise as in Snell et al.'s code. They are
+    applied after splitting, so all rotations of a character share its split, as in the
+    published lists (which name ``rot000`` to ``rot270`` of each character in one list;
+    ``rotations=(0,)`` keeps the ``rot000`` classes): by default the splits hold 4112 /
+    688 / 1692 classes (``"vinyals"``, the published lists' lines, and ``"seeded"``),
+    3532 / 324 / 2636 (``"lake"``) or 4800 / 0 / 1692 (``"santoro"``).
     ``(0,)`` disables them; class ids are then the character ids minus one, otherwise
     ``4 * (character id - 1) + angle // 90``.
 
     Args:
         root: folder holding (or receiving) the ``omniglot/`` folder.
-        split: ``"vinyals"``, ``"lake"`` or ``"santoro"``, see above.
+        split: ``"vinyals"``, ``"lake"``, ``"santoro"`` or ``"seeded"``, see above.
         image_size: side of the square images, in pixels (Santoro et al., 2016, used 20;
             most later work 28).
         rotations: angles (multiples of 90 degrees) whose rotations become classes.
@@ -126,6 +189,10 @@ class Omniglot(MetaDataset):
         precompute_rotations: store every rotated copy of a split's images (memory per
             rotation: 25 MB over all splits at 28 px, 360 MB at 105 px) instead of rotating
             at each load; the items are the same, episodes load several times faster.
+        allow_partial: with ``"vinyals"`` or ``"santoro"``, split a release that lacks
+            some of the listed characters (a partial copy, a miniature for tests) by the
+            published lists, character by character; by default such a release raises
+            :class:`~lit_meta.errors.DatasetError`, as its splits are not the benchmark's.
     """
 
     resources: ClassVar[dict[str, tuple[str, str]]] = {
@@ -149,9 +216,10 @@ class Omniglot(MetaDataset):
         "Ojibwe_(Canadian_Aboriginal_Syllabics)",
         "Tagalog",
     )
-    VINYALS_SPLIT_SEED: ClassVar[int] = 0
+    SEEDED_SPLIT_SEED: ClassVar[int] = 0
     VINYALS_SIZES: ClassVar[tuple[int, int, int]] = (1028, 172, 423)
-    """Characters in meta-train, meta-val and meta-test of the full release."""
+    """Characters in meta-train, meta-val and meta-test of the full release (the published
+    ``"vinyals"`` lists; also the ``"seeded"`` split's sizes)."""
     CACHE_FORMAT: ClassVar[int] = 1
 
     def __init__(
@@ -166,11 +234,13 @@ class Omniglot(MetaDataset):
         cache_dir: str | Path | None = None,
         cache: bool = True,
         precompute_rotations: bool = True,
+        allow_partial: bool = False,
     ) -> None:
         if split not in OMNIGLOT_SPLITS:
             raise DatasetError(
-                f"unknown Omniglot split {split!r}; use 'vinyals' (1028 / 172 / 423 characters), "
-                "'lake' (background / evaluation sets) or 'santoro' (1200 / 0 / 423, no validation)"
+                f"unknown Omniglot split {split!r}; use 'vinyals' (the published 1028 / 172 / 423 characters), "
+                "'lake' (background / evaluation sets), 'santoro' (1200 / 0 / 423, no validation) or 'seeded' "
+                "(1028 / 172 / 423 drawn by a seeded permutation)"
             )
         if image_size < 1:
             raise DatasetError(f"image_size must be positive, got {image_size}")
@@ -184,6 +254,7 @@ class Omniglot(MetaDataset):
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.cache = cache
         self.precompute_rotations = precompute_rotations
+        self.allow_partial = allow_partial
         self._characters: TensorClassDataset | None = None
         self._background: np.ndarray | None = None
 
@@ -384,13 +455,17 @@ class Omniglot(MetaDataset):
         characters = self.characters
         num = characters.num_classes
         if self.split_scheme in ("vinyals", "santoro"):
-            total = sum(self.VINYALS_SIZES)
-            n_val, n_test = (round(num * size / total) for size in self.VINYALS_SIZES[1:])
-            order = np.random.default_rng(self.VINYALS_SPLIT_SEED).permutation(num)
-            groups = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+            published = self._published_splits(characters.class_names)
+            groups = {name: np.flatnonzero(published == name) for name in VINYALS_SPLIT_FILES}
             if self.split_scheme == "santoro":
                 # Santoro et al. (2016) train on all 1200 non-test characters and validate on none.
-                groups = {"test": groups["test"], "val": order[:0], "train": order[n_test:]}
+                train = np.flatnonzero(published != "test")
+                groups = {"test": groups["test"], "val": groups["val"][:0], "train": train}
+        elif self.split_scheme == "seeded":
+            total = sum(self.VINYALS_SIZES)
+            n_val, n_test = (round(num * size / total) for size in self.VINYALS_SIZES[1:])
+            order = np.random.default_rng(self.SEEDED_SPLIT_SEED).permutation(num)
+            groups = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
         else:
             assert self._background is not None
             alphabets = np.array([name.split("/", 1)[0] for name in characters.class_names])
@@ -401,6 +476,29 @@ class Omniglot(MetaDataset):
                 "test": np.flatnonzero(~self._background),
             }
         return {name: np.sort(classes) for name, classes in groups.items()}  # type: ignore[misc]
+
+    def _published_splits(self, class_names: Sequence[str]) -> np.ndarray:
+        """The published split (``"train"``, ``"val"`` or ``"test"``) of each character, refusing
+        characters the lists do not name and, unless ``allow_partial``, a release lacking some."""
+        published = vinyals_split()
+        unknown = [name for name in class_names if name not in published]
+        if unknown:
+            raise DatasetError(
+                f"{len(unknown)} characters of the Omniglot release in {self.root} are not named in the published "
+                f"split lists (e.g. {', '.join(unknown[:3])}): split={self.split_scheme!r} needs the original "
+                "release's <Alphabet>/characterNN folders. Use split='seeded' or 'lake' for another set of characters"
+            )
+        missing = sorted(set(published) - set(class_names))
+        if missing and not self.allow_partial:
+            found = [str(path) for path in map(self._find, self.resources) if path is not None]
+            raise DatasetError(
+                f"the Omniglot release in {self.root} lacks {len(missing)} of the {len(published)} characters that "
+                f"the published split={self.split_scheme!r} lists name (e.g. {', '.join(missing[:3])}), so its "
+                f"splits would not be the benchmark's. Replace {' and '.join(found)} by the original zips (delete "
+                "them, then call prepare() or pass download=True), or pass allow_partial=True to split the "
+                "characters present by the lists"
+            )
+        return np.array([published[name] for name in class_names], dtype=str)
 
     def has_split(self, name: SplitName) -> bool:
         """Whether the split scheme holds out characters for ``name``: ``False`` only for
@@ -458,7 +556,8 @@ class Omniglot(MetaDataset):
         )
 
     def __repr__(self) -> str:
+        partial = ", allow_partial=True" if self.allow_partial else ""
         return (
             f"Omniglot(root={str(self.root)!r}, split={self.split_scheme!r}, image_size={self.image_size}, "
-            f"rotations={self.rotations})"
+            f"rotations={self.rotations}{partial})"
         )
