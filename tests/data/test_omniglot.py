@@ -12,6 +12,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from importlib.resources import files as package_files
 from pathlib import Path
 
 import lightning as L
@@ -23,13 +24,16 @@ from PIL import Image, ImageDraw
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.datasets import DATASETS, Omniglot, build_dataset
 from lit_meta.data.datasets import omniglot as omniglot_module
+from lit_meta.data.datasets.omniglot import vinyals_split
 from lit_meta.data.episode import EpisodeBatch, EpisodeDataset
 from lit_meta.data.sampler import EpisodeSampler, EpisodeShape
 from lit_meta.errors import ChecksumError, DatasetError
 from tests.conftest import omniglot_dir
 
 # Alphabet -> number of characters; ids count up from 0001 through both sets, as in the release.
-BACKGROUND = {"Arcadian": 3, "Tagalog": 2, "Blackfoot_(Canadian_Aboriginal_Syllabics)": 1}
+# Alphabets and sets as in the real release, so the published "vinyals" lists apply: Arcadian,
+# Tagalog, Blackfoot and Angelic characters are meta-train, Bengali meta-val, ULOG meta-test.
+BACKGROUND = {"Arcadian": 3, "Tagalog": 2, "Blackfoot_(Canadian_Aboriginal_Syllabics)": 1, "Bengali": 2}
 EVALUATION = {"Angelic": 3, "ULOG": 2}
 DRAWERS = 3
 NUM_CHARACTERS = sum(BACKGROUND.values()) + sum(EVALUATION.values())
@@ -86,6 +90,8 @@ def root(tmp_path: Path) -> Path:
 
 
 def _omniglot(root: Path, **kwargs) -> Omniglot:
+    """A miniature release's dataset: the published lists name many more characters than it has."""
+    kwargs.setdefault("allow_partial", True)
     return Omniglot(root, download=False, **kwargs)
 
 
@@ -118,7 +124,11 @@ def test_characters_drawings_and_ink(root: Path) -> None:
 
 @pytest.mark.parametrize(
     ("scheme", "sizes"),
-    [("vinyals", {"train": 7, "val": 1, "test": 3}), ("lake", {"train": 3, "val": 3, "test": 5})],
+    [
+        ("vinyals", {"train": 9, "val": 2, "test": 2}),
+        ("seeded", {"train": 9, "val": 1, "test": 3}),
+        ("lake", {"train": 5, "val": 3, "test": 5}),
+    ],
 )
 def test_splits_are_disjoint_by_character(root: Path, scheme: str, sizes: dict[str, int]) -> None:
     omniglot = _omniglot(root, split=scheme)
@@ -139,14 +149,14 @@ def test_splits_are_disjoint_by_character(root: Path, scheme: str, sizes: dict[s
 def test_lake_split_follows_sets_and_alphabets(root: Path) -> None:
     omniglot = _omniglot(root, split="lake", rotations=(0,))
     names = {name: omniglot.split(name).class_names for name in ("train", "val", "test")}
-    assert {n.split("/")[0] for n in names["train"]} == {"Arcadian"}
+    assert {n.split("/")[0] for n in names["train"]} == {"Arcadian", "Bengali"}
     assert {n.split("/")[0] for n in names["val"]} == {"Tagalog", "Blackfoot_(Canadian_Aboriginal_Syllabics)"}
     assert {n.split("/")[0] for n in names["test"]} == set(EVALUATION)
 
 
-def test_vinyals_split_is_fixed(root: Path) -> None:
-    first = _omniglot(root).split_classes()
-    second = _omniglot(root).split_classes()
+def test_seeded_split_is_fixed(root: Path) -> None:
+    first = _omniglot(root, split="seeded").split_classes()
+    second = _omniglot(root, split="seeded").split_classes()
     for name in ("train", "val", "test"):
         np.testing.assert_array_equal(first[name], second[name])
 
@@ -277,7 +287,7 @@ def test_damaged_member_is_named(root: Path) -> None:
 
 
 def test_unreadable_png_is_named(tmp_path: Path) -> None:
-    member = "images_evaluation/ULOG/character02/0011_02.png"
+    member = "images_evaluation/ULOG/character02/0013_02.png"
     make_release(tmp_path / "omniglot", broken=member)
     with pytest.raises(DatasetError, match="cannot decode image") as info:
         _omniglot(tmp_path).characters
@@ -285,21 +295,24 @@ def test_unreadable_png_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_split_scheme(root: Path) -> None:
-    with pytest.raises(DatasetError, match=r"unknown Omniglot split 'random'; use 'vinyals' .*'lake' .*'santoro'"):
+    with pytest.raises(
+        DatasetError, match=r"unknown Omniglot split 'random'; use 'vinyals' .*'lake' .*'santoro' .*'seeded'"
+    ):
         Omniglot(root, split="random")  # type: ignore[arg-type]
 
 
 # -- the Santoro et al. (2016) split: no validation characters ----------------------------
 def test_santoro_split_is_vinyals_test_and_the_rest_for_training(root: Path) -> None:
-    # 11 characters: the vinyals proportions give 7 / 1 / 3, so santoro has 8 / 0 / 3 (1200 / 0 / 423 in full).
+    # The published lists put 9 / 2 / 2 of the 13 characters in train / val / test, so santoro has
+    # 11 / 0 / 2 (1200 / 0 / 423 in full).
     santoro, vinyals = _omniglot(root, split="santoro"), _omniglot(root)
     groups, vinyals_groups = santoro.split_classes(), vinyals.split_classes()
-    assert [len(groups[name]) for name in ("train", "val", "test")] == [8, 0, 3]
+    assert [len(groups[name]) for name in ("train", "val", "test")] == [11, 0, 2]
     np.testing.assert_array_equal(groups["test"], vinyals_groups["test"])
     np.testing.assert_array_equal(groups["train"], np.union1d(vinyals_groups["train"], vinyals_groups["val"]))
     train, test = santoro.split("train"), santoro.split("test")
-    assert (train.num_classes, test.num_classes) == (4 * 8, 4 * 3)
-    assert len(train) == 4 * 8 * DRAWERS and len(test) == 4 * 3 * DRAWERS
+    assert (train.num_classes, test.num_classes) == (4 * 11, 4 * 2)
+    assert len(train) == 4 * 11 * DRAWERS and len(test) == 4 * 2 * DRAWERS
     train_chars, test_chars = set((train.class_ids // 4).tolist()), set((test.class_ids // 4).tolist())
     assert not train_chars & test_chars and train_chars | test_chars == set(range(NUM_CHARACTERS))
     assert [santoro.has_split(name) for name in ("train", "val", "test")] == [True, False, True]
@@ -315,9 +328,87 @@ def test_santoro_has_no_val_split_and_says_why(tmp_path: Path) -> None:
 def test_an_empty_split_of_a_partial_release_is_still_an_incomplete_release(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Omniglot, "VINYALS_SIZES", (1600, 1, 22))  # 11 characters: no val character
+    monkeypatch.setattr(Omniglot, "VINYALS_SIZES", (1600, 1, 22))  # 13 characters: no val character
+    with pytest.raises(DatasetError, match=r"'seeded' val split of Omniglot .* holds no characters.*incomplete"):
+        _omniglot(root, split="seeded").split("val")
+    without_val = {"background": {"Arcadian": 2}, "evaluation": {"ULOG": 2}}
+    make_release(root.parent / "no_val" / "omniglot", **without_val)
     with pytest.raises(DatasetError, match=r"'vinyals' val split of Omniglot .* holds no characters.*incomplete"):
-        _omniglot(root).split("val")
+        _omniglot(root.parent / "no_val").split("val")
+
+
+# -- the published split of Vinyals et al. (2016) / Snell et al. (2017) ----------------------
+def _published_lines(name: str) -> list[str]:
+    path = package_files("lit_meta.data").joinpath("splits", "omniglot_vinyals", f"{name}.txt")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _as_list_line(class_name: str) -> str:
+    """``"Alphabet/character01/rot90"`` (a rotated class's name) as the lists write it, ``.../rot090``."""
+    character, _, angle = class_name.rpartition("/rot")
+    return f"{character}/rot{int(angle):03d}" if character else f"{class_name}/rot000"
+
+
+def test_published_lists_are_shipped_with_their_counts() -> None:
+    lines = {name: _published_lines(name) for name in ("train", "val", "test", "trainval")}
+    assert {name: len(found) for name, found in lines.items()} == {
+        "train": 4112,
+        "val": 688,
+        "test": 1692,
+        "trainval": 4800,
+    }
+    assert lines["trainval"] == lines["train"] + lines["val"]
+    characters = {name: {line.rsplit("/", 1)[0] for line in lines[name]} for name in ("train", "val", "test")}
+    assert [len(characters[name]) for name in ("train", "val", "test")] == [1028, 172, 423]
+    assert not characters["train"] & characters["val"]
+    assert not characters["train"] & characters["test"]
+    assert not characters["val"] & characters["test"]
+    for name in ("train", "val", "test"):  # every character with its four rotations, once each
+        assert sorted(lines[name]) == sorted(f"{c}/rot{a:03d}" for c in characters[name] for a in (0, 90, 180, 270))
+    published = vinyals_split()
+    assert len(published) == 1623
+    assert all(published[c] == name for name in ("train", "val", "test") for c in characters[name])
+    source = package_files("lit_meta.data").joinpath("splits", "omniglot_vinyals", "SOURCE.md").read_text()
+    assert "Copyright (c) 2017 Jake Snell" in source and "c9bb4d258267c11cb6e23f0a19242d24ca98ad8a" in source
+
+
+@pytest.mark.parametrize("rotations", [(0, 90, 180, 270), (0,), (90, 270)])
+def test_default_split_follows_the_published_lists(root: Path, rotations: tuple[int, ...]) -> None:
+    omniglot = _omniglot(root, rotations=rotations)
+    assert omniglot.split_scheme == "vinyals"
+    published = vinyals_split()
+    names = omniglot.characters.class_names
+    for name in ("train", "val", "test"):
+        split = omniglot.split(name)
+        # Each character in the split its list names, with the rotation classes asked for.
+        expected = sorted(f"{c}/rot{a:03d}" for c in names if published[c] == name for a in rotations)
+        assert sorted(_as_list_line(n) for n in split.class_names) == expected
+        assert set(expected) <= set(_published_lines(name))
+        assert len(split) == len(expected) * DRAWERS
+    assert [n for n in names if published[n] == "val"] == ["Bengali/character01", "Bengali/character02"]
+    assert [n for n in names if published[n] == "test"] == ["ULOG/character01", "ULOG/character02"]
+
+
+@pytest.mark.parametrize("split", ["vinyals", "santoro"])
+def test_release_lacking_listed_characters_is_refused(root: Path, split: str) -> None:
+    with pytest.raises(DatasetError) as info:
+        Omniglot(root, split=split, download=False).split("train")  # type: ignore[arg-type]
+    message = str(info.value)
+    assert f"lacks {1623 - NUM_CHARACTERS} of the 1623 characters" in message
+    assert f"published split={split!r} lists" in message
+    assert "e.g. Alphabet_of_the_Magi/character01, Alphabet_of_the_Magi/character02" in message
+    assert str(root / "omniglot" / "images_background.zip") in message and "prepare()" in message
+    assert "allow_partial=True" in message
+    # The schemes that do not use the lists take a partial release as it is.
+    assert Omniglot(root, split="seeded", download=False).split("train").num_classes == 4 * 9
+
+
+def test_characters_the_lists_do_not_name_are_refused(tmp_path: Path) -> None:
+    make_release(tmp_path / "omniglot", background={"Arcadian": 2, "Klingon": 1})
+    with pytest.raises(DatasetError, match=r"1 characters .* not named in the published split lists \(e\.g\. Klingon/"):
+        _omniglot(tmp_path).split("train")
+    with pytest.raises(DatasetError, match=r"Use split='seeded' or 'lake'"):
+        _omniglot(tmp_path, split="santoro").split("test")
 
 
 class _Prototypes(L.LightningModule):
@@ -423,8 +514,8 @@ def test_prepare_downloads_from_mirror(
 def test_split_downloads_when_absent(server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base, served = server
     monkeypatch.setattr(Omniglot, "resources", _resources(served))
-    split = Omniglot(tmp_path / "data", mirror=base).split("test")
-    assert split.num_classes == 4 * 3
+    split = Omniglot(tmp_path / "data", mirror=base, allow_partial=True).split("test")
+    assert split.num_classes == 4 * 2
 
 
 def test_download_checksum_mismatch(server: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -463,7 +554,9 @@ def test_real_release(real_omniglot: Omniglot) -> None:
     assert characters.class_names[964] == "Angelic/character01"
 
 
-@pytest.mark.parametrize(("scheme", "sizes"), [("vinyals", (1028, 172, 423)), ("lake", (883, 81, 659))])
+@pytest.mark.parametrize(
+    ("scheme", "sizes"), [("vinyals", (1028, 172, 423)), ("seeded", (1028, 172, 423)), ("lake", (883, 81, 659))]
+)
 def test_real_splits(real_omniglot: Omniglot, scheme: str, sizes: tuple[int, int, int]) -> None:
     real_omniglot.characters  # decoded once into the shared cache
     omniglot = Omniglot(real_omniglot.root, split=scheme, download=False, cache_dir=real_omniglot.cache_dir)
@@ -476,6 +569,8 @@ def test_real_splits(real_omniglot: Omniglot, scheme: str, sizes: tuple[int, int
         assert len(chars) == size
         assert not chars & seen
         seen |= chars
+        if scheme == "vinyals":  # the published lists' classes, rotations included: 4112 / 688 / 1692
+            assert sorted(map(_as_list_line, split.class_names)) == sorted(_published_lines(name))
     if scheme == "lake":
         assert (omniglot.split("test").class_ids // 4).min() == 964
 
