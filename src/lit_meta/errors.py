@@ -25,6 +25,10 @@ class ChecksumError(DatasetError):
     """A downloaded file whose hash differs from the expected one."""
 
 
+class DownloadedPageError(DatasetError):
+    """A web page (a quota, sign-in or virus-scan page) received where a data file was expected."""
+
+
 class UnsafeArchiveError(DatasetError):
     """An archive member that would be written outside the extraction folder."""
 

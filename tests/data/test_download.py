@@ -25,9 +25,10 @@ from lit_meta.data.download import (
     download_url,
     extract_archive,
     file_hash,
+    html_page_title,
     verify_checksum,
 )
-from lit_meta.errors import ChecksumError, DatasetError, UnsafeArchiveError
+from lit_meta.errors import ChecksumError, DatasetError, DownloadedPageError, UnsafeArchiveError
 
 ALPHABETS = ("Alphabet_of_the_Magi", "Braille")
 CHARACTERS = 2
@@ -505,3 +506,42 @@ def test_download_and_extract_from_the_server(site: Site, tmp_path: Path) -> Non
     ]
     download_and_extract(url, root, f"sha256:{_sha256(ZIP)}", filename="images_background.zip")
     assert len(site.requests) == 1
+
+
+# --- a web page where the file was expected (issue 18, point 6) -----------------------------------------------------
+QUOTA_PAGE = (
+    b"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Google Drive - Quota exceeded</title></head>"
+    b"<body>Too many users have viewed or downloaded this file recently.</body></html>"
+)
+
+
+@pytest.mark.parametrize("checksum", [None, "sha256"], ids=["no checksum", "checksum"])
+def test_an_html_page_instead_of_the_archive_is_named_and_deleted(
+    site: Site, tmp_path: Path, checksum: str | None
+) -> None:
+    site.files["images_background.zip"] = QUOTA_PAGE
+    target = tmp_path / "images_background.zip"
+    expected = f"sha256:{_sha256(ZIP)}" if checksum else None
+    with pytest.raises(DownloadedPageError) as raised:
+        download_url(site.url("images_background.zip"), target, expected)
+    message = str(raised.value)
+    assert "sent a web page (title: 'Google Drive - Quota exceeded')" in message
+    assert f"put it at {target}" in message
+    assert not target.exists() and list(tmp_path.iterdir()) == []  # no file, no .part
+
+
+def test_a_local_html_page_is_refused_too(tmp_path: Path) -> None:
+    page = tmp_path / "mirror" / "images_background.zip"
+    page.parent.mkdir()
+    page.write_bytes(b"\n  <!-- saved --><HTML><body>virus scan warning</body></HTML>")
+    with pytest.raises(DownloadedPageError, match=r"sent a web page \(no title\)"):
+        download_url(page.as_uri(), tmp_path / "data" / "images_background.zip")
+
+
+@pytest.mark.parametrize(
+    "data", [ZIP, b"<not html at all", b"\x89PNG\r\n", b"   "], ids=["zip", "text", "png", "blank"]
+)
+def test_files_that_are_not_pages_are_not_taken_for_pages(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    assert html_page_title(path) is None

@@ -32,7 +32,7 @@ from http import HTTPStatus
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any, NamedTuple
 
-from lit_meta.errors import ChecksumError, DatasetError, UnsafeArchiveError
+from lit_meta.errors import ChecksumError, DatasetError, DownloadedPageError, UnsafeArchiveError
 
 # Some hosts refuse urllib's default User-Agent. The version is left out because lit_meta/__init__ imports
 # this module before it defines __version__.
@@ -138,6 +138,9 @@ def download_url(
     Raises:
         ChecksumError: the downloaded file has another hash; the partial file is deleted, nothing is
             written to ``path``.
+        DownloadedPageError: the server sent an HTML page (a quota, sign-in or virus-scan page) where
+            the file was expected (:func:`html_page_title`), checksum or not; it is deleted, nothing is
+            written to ``path``.
         DatasetError: the URL's scheme is not supported, a ``file://`` source does not exist or cannot be
             read, the server answered with an error, or the transfer still failed after ``retries`` retries
             (the partial file is kept, so calling again resumes it).
@@ -242,6 +245,13 @@ def _install(part: Path, path: Path, checksum: str | None, what: str, fix: str) 
         what: the transfer, for the error message ("<url> downloaded to <path>").
         fix: what to do about a mismatch, for the error message.
     """
+    if (page := html_page_title(part)) is not None and path.suffix.lower() not in (".html", ".htm"):
+        part.unlink()
+        raise DownloadedPageError(
+            f"{what}: the server sent a web page ({page}) instead of the file: a download-quota, sign-in or "
+            "virus-scan page, as file hosts such as Google Drive send. It was deleted and nothing was written to "
+            f"{path}; open the URL in a browser, download the file itself and put it at {path}, or use a mirror"
+        )
     if checksum is not None:
         mismatch = _checksum_mismatch(part, checksum)
         if mismatch is not None:
@@ -251,6 +261,28 @@ def _install(part: Path, path: Path, checksum: str | None, what: str, fix: str) 
                 f"{fix}. If the hashes differ again, the source file or the expected checksum has changed."
             )
     os.replace(part, path)
+
+
+_HTML_START = re.compile(rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)[\s>]", re.IGNORECASE | re.DOTALL)
+_HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def html_page_title(path: str | Path, sniff_bytes: int = 4096) -> str | None:
+    """``"title: 'Google Drive - Virus scan warning'"`` (or ``"no title"``) when the file at ``path``
+    is an HTML page, judged by its first ``sniff_bytes`` bytes; ``None`` for anything else.
+
+    Archives, arrays and images never start with an HTML tag, so a page in their place is a host's
+    answer (a quota, sign-in or virus-scan page) saved under the file's name.
+    """
+    with open(path, "rb") as file:
+        head = file.read(sniff_bytes).removeprefix(b"\xef\xbb\xbf")
+    if not _HTML_START.match(head):
+        return None
+    title = _HTML_TITLE.search(head)
+    if title is None:
+        return "no title"
+    text = " ".join(title.group(1).decode("utf-8", "replace").split())[:120]
+    return f"title: {text!r}"
 
 
 def extract_archive(archive: str | Path, dest_dir: str | Path) -> list[Path]:
