@@ -30,17 +30,11 @@ def main() -> None:
     torch.manual_seed(0)
 
     from lit_meta.backbones import Conv4
-    from lit_meta.data.episode import EpisodeBatch
     from lit_meta.learners import MAML, finite_checks
+    from synthetic_episodes import omniglot_like_batch
 
     tasks = args.tasks
-    batch = EpisodeBatch(
-        support_x=torch.rand(tasks, 5, 1, 28, 28),
-        support_y=torch.arange(5).expand(tasks, -1).contiguous(),
-        query_x=torch.rand(tasks, 75, 1, 28, 28),
-        query_y=torch.arange(5).repeat_interleave(15).expand(tasks, -1).contiguous(),
-        classes=torch.zeros(tasks, 5, dtype=torch.long),
-    )
+    batch = omniglot_like_batch(tasks)
     learner = MAML(Conv4(1, out_features=5), inner_lr=0.4, execution="loop")
     steps, checks = [], []
     for _ in range(1 + args.steps):

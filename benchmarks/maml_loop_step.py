@@ -33,18 +33,12 @@ def main() -> None:
     import lit_meta
     from lit_meta import glibc_malloc
     from lit_meta.backbones import Conv4
-    from lit_meta.data.episode import EpisodeBatch
     from lit_meta.learners import MAML
+    from synthetic_episodes import omniglot_like_batch
 
     glibc_malloc.retain_freed_memory()
     tasks = 32
-    batch = EpisodeBatch(
-        support_x=torch.rand(tasks, 5, 1, 28, 28),
-        support_y=torch.arange(5).expand(tasks, -1).contiguous(),
-        query_x=torch.rand(tasks, 75, 1, 28, 28),
-        query_y=torch.arange(5).repeat_interleave(15).expand(tasks, -1).contiguous(),
-        classes=torch.zeros(tasks, 5, dtype=torch.long),
-    )
+    batch = omniglot_like_batch(tasks)
     learner = MAML(Conv4(1, out_features=5), inner_lr=0.4, first_order=args.order == 1, execution="loop")
     times = []
     for _ in range(1 + args.steps):
