@@ -67,8 +67,8 @@ ADAPTATION_GROWTH = 2.0
 support loss before it by this factor: a wide margin, as the two are measured on different examples ..."""
 ADAPTATION_GROWTH_STEPS = 5
 """... in this many consecutive training steps: at initialisation a good step size may overshoot for a step
-or two (MAML's 0.4 for Conv4 on the glyphs: 2.2x, 1.9x, then 1.2x and below; 0.4 for the sinusoid MLP: 5-18x
-at every step)."""
+or two, while one too high for the network overshoots at every step (the ratios measured for Conv4 on the
+glyphs and for the sinusoid MLP are in ``benchmarks/RESULTS.md``, "The adaptation-growth warning")."""
 ADAM_BETAS = (0.0, 0.999)
 """The inner Adam's betas: Reptile's reference code sets ``beta1=0`` (Nichol et al., 2018)."""
 
