@@ -32,6 +32,7 @@ from http import HTTPStatus
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any, NamedTuple
 
+from lit_meta.data.atomic_file import atomic_file
 from lit_meta.errors import ChecksumError, DatasetError, DownloadedPageError, UnsafeArchiveError
 
 # Some hosts refuse urllib's default User-Agent. The version is left out because lit_meta/__init__ imports
@@ -421,14 +422,8 @@ class _ExtractionMarker:
             "files": files,
             "complete": complete,
         }
-        handle, name = tempfile.mkstemp(prefix=f"{self.path.name}.", suffix=".tmp", dir=self.dest_dir)
-        try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(record, out)
-            os.replace(name, self.path)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
+        with atomic_file(self.path) as out:
+            out.write(json.dumps(record).encode("utf-8"))
 
 
 def _file_not_in(target: Path, name: str, files: set[str]) -> Path | None:

@@ -26,8 +26,6 @@ the same classes and items from either.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lit_meta.data.atomic_file import atomic_file
 from lit_meta.data.datasets.base import SPLIT_NAMES, MetaDataset, SplitName, TensorClassDataset
 from lit_meta.errors import DatasetError
 
@@ -122,16 +121,10 @@ class FeatureArrays:
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with atomic_file(path) as file:
+                np.savez(file, **arrays)
         except OSError as error:
             raise DatasetError(f"cannot write {path}: {error}; choose another output") from error
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, **arrays)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
         return path
 
     @classmethod

@@ -11,7 +11,6 @@ small convolutional network learns the stroke structure that identifies it.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lit_meta.data.atomic_file import atomic_file
 from lit_meta.data.datasets.base import (
     SPLIT_NAMES,
     ClassIndexedDataset,
@@ -333,14 +333,8 @@ class ProceduralGlyphs(MetaDataset):
         images, _ = generate_glyphs(self.num_classes, self.drawings_per_class, self.image_size, self.seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write to a temporary file and rename, so a crash or a concurrent process never leaves a partial cache.
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.save(file, images)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as file:
+            np.save(file, images)
         return images
 
     @cached_property

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -20,6 +18,7 @@ from typing import ClassVar, Literal, get_args
 import numpy as np
 import torch
 
+from lit_meta.data.atomic_file import atomic_file
 from lit_meta.data.datasets.base import (
     ClassIndexedDataset,
     MetaDataset,
@@ -413,14 +412,8 @@ class Omniglot(MetaDataset):
     def _write_cache(self, path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    np.savez(file, key=np.array(key), **arrays)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_file(path) as file:
+                np.savez(file, key=np.array(key), **arrays)
         except OSError as exc:
             warnings.warn(
                 f"cannot write the Omniglot cache {path} ({exc}); the next load decodes the images again. "
