@@ -13,6 +13,7 @@ from lit_meta.data.datasets.base import (
     TaskDistribution,
     TensorClassDataset,
 )
+from lit_meta.data.datasets.benchmark import DatasetReport, ImageBenchmark, SourceFiles, SplitSize
 from lit_meta.data.datasets.features import FeaturesDataset
 from lit_meta.data.datasets.glyphs import ProceduralGlyphs
 from lit_meta.data.datasets.image_folder import ImageFolder
@@ -54,7 +55,9 @@ __all__ = [
     "DATASETS",
     "ClassIndexedDataset",
     "ClassSubset",
+    "DatasetReport",
     "FeaturesDataset",
+    "ImageBenchmark",
     "ImageFolder",
     "MetaDataset",
     "Omniglot",
@@ -62,6 +65,8 @@ __all__ = [
     "RotatedClasses",
     "Sinusoid",
     "SinusoidTasks",
+    "SourceFiles",
+    "SplitSize",
     "TaskDistribution",
     "TensorClassDataset",
     "build_dataset",
