@@ -92,8 +92,9 @@ class ClassIndexedDataset(torch.utils.data.Dataset[tuple[Tensor, int]], ABC):
         """Items at ``indices``, stacked, as float (``uint8`` scaled to ``[0, 1]``), transformed."""
         items = self.load_items(np.asarray(indices, dtype=np.int64))
         if items.dtype == torch.uint8:
-            # Converting once, after gathering and rotating, moves 4x fewer bytes.
-            items = torch.div(items, 255.0)
+            # Converting once, after gathering and rotating, moves 4x fewer bytes; an in-place
+            # division of the converted copy is ~2x faster than torch.div(uint8, 255.0), same values.
+            items = items.to(torch.float32).div_(255.0)
         if self.transform is None:
             return items
         return torch.stack([self.transform(item) for item in items])
