@@ -1,16 +1,26 @@
-"""Omniglot load times and episode throughput through a real DataLoader.
+"""Episode throughput through a real DataLoader: Omniglot, and 84x84x3 images from the array cache.
 
-Prints the command line and machine, the time of the first (cold) Omniglot load,
-which decodes all 32,460 PNGs into an empty cache folder, and of the cached load,
-then episodes per second of 5-way 1-shot 15-query meta-train episodes (4 rotations,
-4112 classes) through ``DataLoader(EpisodeDataset(split), sampler=EpisodeSampler(...),
+``omniglot`` (the default) prints the time of the first (cold) Omniglot load, which
+decodes all 32,460 PNGs into an empty cache folder, and of the cached load, then episodes
+per second of 5-way 1-shot 15-query meta-train episodes (4 rotations, 4112 classes)
+through ``DataLoader(EpisodeDataset(split), sampler=EpisodeSampler(...),
 batch_size=meta_batch_size, collate_fn=collate_episodes, num_workers=0)`` for each
 meta-batch size. ``--profile`` adds a cProfile of the largest meta-batch size, and a
 split of the time between the sampler's plans, loading the items and collating.
-
 The real data comes from ``--data``, ``LIT_META_OMNIGLOT`` or ``../shared/data/omniglot``::
 
     python benchmarks/episodes.py --episodes 10000 --profile
+
+``images84`` (issue 18) measures what the image benchmarks' cache serves: a
+miniImageNet-sized meta-train split (64 classes of 600 random ``uint8`` 3x84x84 images)
+is written with :func:`lit_meta.data.array_cache.write_array_cache` and memory-mapped back
+as :class:`lit_meta.data.datasets.benchmark.ImageBenchmark` does (its size on disk is
+printed), then float32 5-way 1-shot 15-query episodes through the same DataLoader, and a
+Conv4 Prototypical Networks training step (``meta_loss`` + backward + Adam, 64 filters,
+84x84x3 inputs, one episode per step) on those episodes; the loading time of an episode
+is reported as a share of the step::
+
+    python benchmarks/episodes.py images84 --episodes 3000 --steps 20
 """
 
 from __future__ import annotations
@@ -21,15 +31,18 @@ import os
 import platform
 import pstats
 import shlex
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lit_meta.data.datasets import ClassIndexedDataset, Omniglot
+from lit_meta.data.array_cache import cache_size, read_array_cache, write_array_cache
+from lit_meta.data.datasets import ClassIndexedDataset, Omniglot, TensorClassDataset
 from lit_meta.data.episode import EpisodeDataset, collate_episodes
 from lit_meta.data.sampler import EpisodeSampler, EpisodeShape
 
@@ -93,21 +106,81 @@ def stage_times(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    default_data = os.environ.get("LIT_META_OMNIGLOT", str(REPO_ROOT.parent / "shared" / "data" / "omniglot"))
-    parser.add_argument("--data", type=Path, default=Path(default_data), help="folder of the two Omniglot zips")
-    parser.add_argument("--cache", type=Path, default=None, help="cache folder (must be empty for a cold load)")
-    parser.add_argument("--episodes", type=int, default=10_000, help="episodes per throughput measurement")
-    parser.add_argument("--meta-batch-sizes", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--profile", action="store_true", help="cProfile the largest meta-batch size")
-    args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+def synthetic_images84(folder: Path, classes: int = 64, per_class: int = 600) -> tuple[TensorClassDataset, float]:
+    """A miniImageNet-sized split of random images, written to and memory-mapped from the array cache.
 
-    print("$", shlex.join([Path(sys.executable).name, *sys.argv]))
-    print("machine:", machine(), "| load average:", ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+    Returns the split and the seconds the cached open took.
+    """
+    key = {"benchmark": "images84", "classes": classes, "per_class": per_class}
+    if read_array_cache(folder, key) is None:
+        rng = np.random.default_rng(0)
+        images = np.empty((classes * per_class, 3, 84, 84), dtype=np.uint8)
+        for start in range(0, len(images), per_class):
+            images[start : start + per_class] = rng.integers(0, 256, (per_class, 3, 84, 84), dtype=np.uint8)
+        labels = np.repeat(np.arange(classes), per_class)
+        write_array_cache(
+            folder, key, {"images": images, "labels": labels}, {"class_names": [str(c) for c in range(classes)]}
+        )
+    start = time.perf_counter()
+    cached = read_array_cache(folder, key)
+    opened = time.perf_counter() - start
+    assert cached is not None
+    split = TensorClassDataset(
+        torch.from_numpy(cached.arrays["images"]), cached.arrays["labels"], list(cached.meta["class_names"])
+    )
+    return split, opened
+
+
+def protonet_step_seconds(split: ClassIndexedDataset, shape: EpisodeShape, steps: int, warmup: int) -> list[float]:
+    """Seconds of Conv4 ProtoNet training steps on episodes of ``split`` (loaded before timing)."""
+    from lit_meta.backbones import Conv4
+    from lit_meta.learners import ProtoNet
+
+    torch.manual_seed(0)
+    model = ProtoNet(Conv4(in_channels=3, out_features=None, image_size=84)).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = list(loader(split, shape, steps + warmup, 1))
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        loss = model.meta_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times[warmup:]
+
+
+def images84(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.cache or Path(tmp) / "images84"
+        split, opened = synthetic_images84(folder)
+        print(
+            f"cache: {folder}, {cache_size(folder) / 2**30:.2f} GiB on disk; memory-mapped open {opened * 1e3:.1f} ms"
+        )
+        shape = EpisodeShape(ways=5, shots=1, queries=15)
+        print(
+            f"train split: {split.num_classes} classes, {len(split)} items of 3x84x84; 5-way 1-shot 15-query, float32"
+        )
+        episodes_per_second(split, shape, min(args.episodes, 1000), 1)  # pages the cache in
+        rates = {}
+        for meta_batch_size in args.meta_batch_sizes:
+            rates[meta_batch_size] = episodes_per_second(split, shape, args.episodes, meta_batch_size)
+            rate = rates[meta_batch_size]
+            print(f"meta_batch_size {meta_batch_size:>3}: {rate:,.0f} episodes/s over {args.episodes:,}")
+        times = protonet_step_seconds(split, shape, args.steps, warmup=3)
+        step = statistics.median(times)
+        load = 1 / rates[1] if 1 in rates else 1 / episodes_per_second(split, shape, args.episodes, 1)
+        print(
+            f"Conv4 ProtoNet training step (median of {len(times)}): {step * 1e3:.1f} ms; loading one episode "
+            f"{load * 1e3:.2f} ms = {100 * load / step:.2f}% of a step"
+        )
+        if args.profile:
+            stages = stage_times(split, shape, args.episodes, 1)
+            print("µs per episode: " + ", ".join(f"{name} {value:.0f}" for name, value in stages.items()))
+
+
+def omniglot(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = args.cache or Path(tmp)
         if any(cache_dir.glob("omniglot_*px.npz")):
@@ -129,6 +202,31 @@ def main() -> None:
             profile = cProfile.Profile()
             profile.runcall(episodes_per_second, split, shape, args.episodes, meta_batch_size)
             pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("setting", nargs="?", choices=("omniglot", "images84"), default="omniglot")
+    default_data = os.environ.get("LIT_META_OMNIGLOT", str(REPO_ROOT.parent / "shared" / "data" / "omniglot"))
+    parser.add_argument("--data", type=Path, default=Path(default_data), help="folder of the two Omniglot zips")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="cache folder (omniglot: must be empty for a cold load)"
+    )
+    parser.add_argument("--episodes", type=int, default=10_000, help="episodes per throughput measurement")
+    parser.add_argument("--meta-batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--steps", type=int, default=20, help="images84: timed ProtoNet steps")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="cProfile the largest meta-batch size")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    print("$", shlex.join([Path(sys.executable).name, *sys.argv]))
+    print("machine:", machine(), "| load average:", ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+    if args.setting == "images84":
+        images84(args)
+    else:
+        omniglot(args)
 
 
 if __name__ == "__main__":
