@@ -1,4 +1,4 @@
-"""The ``lit-meta`` console script: LightningCLI for every learner, plus ``adapt``.
+"""The ``lit-meta`` console script: LightningCLI for every learner, plus ``adapt``, ``embed`` and ``data``.
 
 ``lit-meta fit|validate|test|predict`` is :class:`MetaLearningCLI`, a
 ``LightningCLI`` in subclass mode: the model is any
@@ -6,7 +6,8 @@
 :class:`~lit_meta.data.EpisodicDataModule` (the default ``data.class_path``), so
 every constructor argument is a validated YAML key. ``lit-meta adapt`` labels the
 images of a new task with a trained checkpoint (:mod:`lit_meta.adaptation`);
-``lit-meta embed`` writes its backbone's features of a dataset (:mod:`lit_meta.feature_export`).
+``lit-meta embed`` writes its backbone's features of a dataset (:mod:`lit_meta.feature_export`);
+``lit-meta data`` checks and prepares the published benchmarks (:mod:`lit_meta.data_command`).
 Errors print one line naming the config key (:mod:`lit_meta.cli_errors`); ``--debug`` or
 ``LIT_META_DEBUG=1`` prints the traceback instead.
 """
@@ -63,8 +64,9 @@ SUBCOMMANDS = {
     "predict": "label the queries of the meta-test episodes",
     "adapt": "label new images from a few examples per class",
     "embed": "write a checkpoint's backbone features to a .npz",
+    "data": "list the dataset families, check a folder against a published split, build a cache",
 }
-"""Every subcommand with its one-line help; ``adapt`` and ``embed`` run before LightningCLI (:func:`main`)."""
+"""Every subcommand with its one-line help; ``adapt``, ``embed`` and ``data`` run before LightningCLI (:func:`main`)."""
 
 
 def _description() -> str:
@@ -72,7 +74,8 @@ def _description() -> str:
         "Meta-learning and few-shot learning for PyTorch Lightning.\n\n"
         "  lit-meta fit --config configs/quickstart.yaml\n"
         "  lit-meta test --config CONFIG --ckpt_path CKPT\n"
-        "  lit-meta adapt --ckpt_path CKPT --support DIR --query DIR"
+        "  lit-meta adapt --ckpt_path CKPT --support DIR --query DIR\n"
+        "  lit-meta data check miniimagenet --root data"
     )
 
 
@@ -340,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 on success (and for ``--help``); 2 for a command line, config or run that lit-meta
     refused (a :class:`~lit_meta.errors.LitMetaError`, a value jsonargparse or a constructor
     refused), with one line on stderr naming the config key; other exceptions propagate.
+    ``lit-meta data check`` returns 1 for a folder that does not hold the published split.
     With ``--debug`` anywhere in ``argv`` or ``LIT_META_DEBUG=1``, refused values print
     jsonargparse's full message and lit-meta's errors propagate with their traceback.
     Called from Python, ``argv`` is the command line and the same statuses are returned.
@@ -357,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lit_meta.feature_export import main as embed_main
 
         return embed_main(given[1:])
+    if given[:1] == ["data"]:
+        from lit_meta.data_command import main as data_main
+
+        return data_main(given[1:], debug=debug)
     if given[:1] == ["--version"]:
         print(f"lit-meta {__version__}")
         return 0

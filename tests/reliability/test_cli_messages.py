@@ -229,7 +229,7 @@ def test_case_18_adapt_imports_from_the_working_folder(
 def test_case_19_help_lists_every_subcommand_in_full(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "{fit,validate,test,predict,adapt,embed}" in out
+    assert "{fit,validate,test,predict,adapt,embed,data}" in out
     listed = " ".join(out.split("Available subcommands:", 1)[1].split())  # help lines wrap on narrow terminals
     for name, line in SUBCOMMANDS.items():
         assert f"{name} {line}" in listed
@@ -241,10 +241,10 @@ def test_case_19_help_lists_every_subcommand_in_full(capsys: pytest.CaptureFixtu
     [(["fitt"], "unknown subcommand 'fitt'. Did you mean 'fit'?"), ([], "no subcommand.")],
     ids=["misspelt", "none"],
 )
-def test_case_19_a_wrong_or_missing_subcommand_lists_all_six(
+def test_case_19_a_wrong_or_missing_subcommand_lists_all_seven(
     argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(argv) == 2
     assert capsys.readouterr().err == (
-        f"lit-meta: error: {said} Use one of fit, validate, test, predict, adapt, embed (lit-meta --help)\n"
+        f"lit-meta: error: {said} Use one of fit, validate, test, predict, adapt, embed, data (lit-meta --help)\n"
     )
