@@ -156,7 +156,14 @@ def family_options(family: type[MetaDataset], pairs: Sequence[str], image_size: 
 
 def _build(args: argparse.Namespace) -> MetaDataset:
     family = family_named(args.name)
-    return build_dataset(args.name, root=args.root, **family_options(family, args.option, args.image_size))
+    options = family_options(family, args.option, args.image_size)
+    try:
+        return build_dataset(args.name, root=args.root, **options)
+    except LitMetaError:
+        raise
+    except (TypeError, ValueError) as exc:  # a value of the wrong type for the constructor
+        given = ", ".join(f"{key}={value!r}" for key, value in options.items())
+        raise ConfigError(f"{family.__name__} refused the options {given}: {exc}") from exc
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -87,6 +87,8 @@ def test_a_misspelt_option_names_the_nearest_argument(tmp_path: Path, capsys: py
     assert status == 2
     assert err.startswith("lit-meta: error: --option allow_partal: Tiny takes no argument 'allow_partal'. ")
     assert "Did you mean 'allow_partial'?" in err and err.count("\n") == 1
+    status, _, err = run(capsys, "check", "tiny", "--root", tmp_path, "--option", "image_size=[1, 2]")
+    assert status == 2 and err.startswith("lit-meta: error: Tiny refused the options image_size=[1, 2]: int() ")
     with pytest.raises(ConfigError, match="give KEY=VALUE"):
         main(["data", "check", "tiny", "--root", str(tmp_path), "--option", "allow_partial", "--debug"])
 
