@@ -284,6 +284,12 @@ class ImageBenchmark(MetaDataset):
         table = self.split_table()
         return [name for split in SPLIT_NAMES for name in table[split]]
 
+    def _registered_name(self) -> str:
+        """The family's name in :data:`~lit_meta.data.datasets.DATASETS` (its folder name if unregistered)."""
+        from lit_meta.data.datasets import DATASETS  # the registry imports this module
+
+        return next((name for name, family in DATASETS.items() if family is type(self)), self.FOLDER)
+
     def _cache_key(self, source: SourceFiles, classes: Sequence[str]) -> dict[str, Any]:
         return {
             "format": self.CACHE_FORMAT,
@@ -347,8 +353,8 @@ class ImageBenchmark(MetaDataset):
             raise DatasetError(
                 f"{self.NAME} at {self.folder} ({source.form}) lacks {len(missing)} of the {len(listed)} classes "
                 f"of the published split (e.g. {', '.join(missing[:5])}); its splits would not be the "
-                f"benchmark's. Complete the copy (`lit-meta data check {self.FOLDER} --root {self.root}` lists "
-                "what is missing), or pass allow_partial=True to split what is there"
+                f"benchmark's. Complete the copy (`lit-meta data check {self._registered_name()} --root {self.root}` "
+                "lists what is missing), or pass allow_partial=True to split what is there"
             )
         classes = [name for name in listed if found.get(name, 0) > 0]
         key = self._cache_key(source, classes)
