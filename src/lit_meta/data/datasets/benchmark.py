@@ -181,8 +181,10 @@ class ImageBenchmark(MetaDataset):
     **Cache.** The first load (or :meth:`prepare`) decodes every listed class into
     ``cache_dir`` (default ``<root>/<FOLDER>/lit-meta-cache/<image_size>px``) as plain
     ``.npy`` arrays keyed by the sources' sizes and modification times, the image size
-    and :attr:`CACHE_FORMAT`; later loads memory-map them, with no unpickling. A cache
-    folder that cannot be written costs a warning.
+    and :attr:`CACHE_FORMAT`; later loads memory-map them, with no unpickling. The images
+    per class (:meth:`inventory`) are recorded there too, so later loads read no source
+    file but the ones whose sizes and modification times key the cache. A cache folder
+    that cannot be written costs a warning.
 
     Args:
         root: the folder holding (or receiving) the family's :attr:`FOLDER`; the family's
@@ -290,6 +292,21 @@ class ImageBenchmark(MetaDataset):
 
         return next((name for name, family in DATASETS.items() if family is type(self)), self.FOLDER)
 
+    def _inventory(self, source: SourceFiles) -> dict[str, int]:
+        """:meth:`inventory`, kept beside the cache (``<cache_folder>/inventory``) keyed by the
+        sources' identity, so a form whose inventory must unpickle or open every file reads it once.
+        """
+        if not self.cache:
+            return self.inventory(source)
+        folder = self.cache_folder / "inventory"
+        key = {"format": self.CACHE_FORMAT, "family": type(self).__name__, "source": source.key()}
+        cached = read_array_cache(folder, key)
+        if cached is not None:
+            return {str(name): int(count) for name, count in cached.meta["counts"].items()}
+        found = self.inventory(source)
+        write_array_cache(folder, key, {}, {"counts": found})
+        return found
+
     def _cache_key(self, source: SourceFiles, classes: Sequence[str]) -> dict[str, Any]:
         return {
             "format": self.CACHE_FORMAT,
@@ -303,7 +320,8 @@ class ImageBenchmark(MetaDataset):
     def check(self) -> DatasetReport:
         """Compare the classes and images found with the published split.
 
-        Reads only what :meth:`inventory` reads (no decoding); the report says which
+        Reads only what :meth:`inventory` reads (no decoding), or its record from an
+        earlier run of the same files; the report says which
         listed classes are missing, which hold too few images, and which present
         classes no split names.
 
@@ -311,7 +329,7 @@ class ImageBenchmark(MetaDataset):
             DatasetError: the files are not there at all (see :meth:`locate`).
         """
         source = self.locate()
-        found = self.inventory(source)
+        found = self._inventory(source)
         table = self.split_table()
         reports = []
         for split in SPLIT_NAMES:
@@ -346,7 +364,7 @@ class ImageBenchmark(MetaDataset):
     def images(self) -> TensorClassDataset:
         """Every listed class present, one dataset (no split, no transform), from the cache if it matches."""
         source = self._source()
-        found = self.inventory(source)
+        found = self._inventory(source)
         listed = self._listed()
         missing = [name for name in listed if found.get(name, 0) == 0]
         if missing and not self.allow_partial:
