@@ -17,6 +17,7 @@ from lit_meta.data.datasets.benchmark import DatasetReport, ImageBenchmark, Sour
 from lit_meta.data.datasets.features import FeaturesDataset
 from lit_meta.data.datasets.glyphs import ProceduralGlyphs
 from lit_meta.data.datasets.image_folder import ImageFolder
+from lit_meta.data.datasets.miniimagenet import MiniImageNet
 from lit_meta.data.datasets.omniglot import Omniglot
 from lit_meta.data.datasets.sinusoid import Sinusoid, SinusoidTasks
 from lit_meta.data.transform_paths import resolve_transform
@@ -26,6 +27,7 @@ DATASETS: dict[str, type[MetaDataset]] = {
     "sinusoid": Sinusoid,
     "omniglot": Omniglot,
     "image_folder": ImageFolder,
+    "miniimagenet": MiniImageNet,
     "glyphs": ProceduralGlyphs,
     "features": FeaturesDataset,
 }
@@ -60,6 +62,7 @@ __all__ = [
     "ImageBenchmark",
     "ImageFolder",
     "MetaDataset",
+    "MiniImageNet",
     "Omniglot",
     "ProceduralGlyphs",
     "RotatedClasses",
