@@ -149,6 +149,10 @@ class MiniImageNet(ImageBenchmark):
     Optimization", CVPR; kjunelee/MetaOptNet, ``data/mini_imagenet.py``, taken from Gidaris &
     Komodakis, 2018): mean (120.40, 115.59, 104.54) / 255, std (70.68, 68.28, 72.55) / 255.
 
+    **Deviations.** None in the images or the split. Class ids follow the CSVs' order for
+    every form, where learn2learn numbers each pickle's classes in ``class_dict`` order; the
+    ``train.pth`` caches LibFewShot writes beside its CSVs (pickles too) are not read.
+
     Args: those of :class:`~lit_meta.data.datasets.benchmark.ImageBenchmark`
     (``root``, ``image_size`` default 84, ``transform``, ``cache_dir``, ``cache``,
     ``allow_partial``).
