@@ -19,6 +19,8 @@ from lit_meta.errors import DatasetError
 
 ImageMode = Literal["L", "RGB"]
 ImageSize = tuple[int, int] | int | None
+CropBox = tuple[float, float, float, float]
+"""``(left, top, right, bottom)`` in pixels of the decoded image."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 """File name endings (lower case) read as images."""
@@ -45,6 +47,7 @@ def decode_image(
     resample: Image.Resampling = Image.Resampling.LANCZOS,
     *,
     name: str = "<bytes>",
+    box: CropBox | None = None,
 ) -> Tensor:
     """Decode an encoded image (PNG, JPEG, ...) into a ``uint8`` tensor ``[C, H, W]``.
 
@@ -54,9 +57,10 @@ def decode_image(
         size: ``(height, width)``, or one int for a square, or ``None`` to keep the size.
         resample: Pillow resampling filter used when resizing.
         name: how errors refer to the image (a path or ``archive::member``).
+        box: crop to this region (rounded to whole pixels, clipped to the image) before resizing.
 
     Raises:
-        DatasetError: empty data, or data Pillow cannot decode, naming ``name``.
+        DatasetError: empty data, data Pillow cannot decode, or a ``box`` outside the image, naming ``name``.
     """
     if not data:
         raise DatasetError(f"image file {name} is empty (0 bytes); replace or delete it")
@@ -65,10 +69,12 @@ def decode_image(
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             converted = image.convert(mode)
-        if hw is not None and converted.size != (hw[1], hw[0]):
-            converted = converted.resize((hw[1], hw[0]), resample)
     except _DECODE_ERRORS as exc:
         raise DatasetError(f"cannot decode image {name}: {exc}; replace or delete the file") from exc
+    if box is not None:
+        converted = converted.crop(_clipped(box, converted.size, name))
+    if hw is not None and converted.size != (hw[1], hw[0]):
+        converted = converted.resize((hw[1], hw[0]), resample)
     array = np.array(converted, dtype=np.uint8)
     if array.ndim == 2:
         return torch.from_numpy(array).unsqueeze(0)
@@ -80,6 +86,7 @@ def load_image(
     mode: ImageMode = "RGB",
     size: ImageSize = None,
     resample: Image.Resampling = Image.Resampling.LANCZOS,
+    box: CropBox | None = None,
 ) -> Tensor:
     """Read an image file into a ``uint8`` tensor ``[C, H, W]``; see :func:`decode_image`.
 
@@ -91,7 +98,21 @@ def load_image(
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"cannot read image file {path}: {exc}") from exc
-    return decode_image(data, mode, size, resample, name=str(path))
+    return decode_image(data, mode, size, resample, name=str(path), box=box)
+
+
+def _clipped(box: CropBox, image_size: tuple[int, int], name: str) -> tuple[int, int, int, int]:
+    """``box`` rounded to whole pixels and clipped to an image of ``(width, height)``.
+
+    Raises:
+        DatasetError: nothing of the box lies inside the image.
+    """
+    width, height = image_size
+    left, top = max(round(box[0]), 0), max(round(box[1]), 0)
+    right, bottom = min(round(box[2]), width), min(round(box[3]), height)
+    if right <= left or bottom <= top:
+        raise DatasetError(f"crop box {box} lies outside the {width}x{height} image {name}")
+    return left, top, right, bottom
 
 
 def invert(image: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from lit_meta.data.datasets.base import (
     TensorClassDataset,
 )
 from lit_meta.data.datasets.benchmark import DatasetReport, ImageBenchmark, SourceFiles, SplitSize
+from lit_meta.data.datasets.cub import CUB
 from lit_meta.data.datasets.features import FeaturesDataset
 from lit_meta.data.datasets.glyphs import ProceduralGlyphs
 from lit_meta.data.datasets.image_folder import ImageFolder
@@ -30,6 +31,7 @@ DATASETS: dict[str, type[MetaDataset]] = {
     "miniimagenet": MiniImageNet,
     "glyphs": ProceduralGlyphs,
     "features": FeaturesDataset,
+    "cub": CUB,
 }
 """Registered dataset families by name, as accepted by :func:`build_dataset`."""
 
@@ -54,6 +56,7 @@ def build_dataset(name: str, root: str | None = None, **kwargs: Any) -> MetaData
 
 
 __all__ = [
+    "CUB",
     "DATASETS",
     "ClassIndexedDataset",
     "ClassSubset",

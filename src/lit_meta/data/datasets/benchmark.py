@@ -273,7 +273,20 @@ class ImageBenchmark(MetaDataset):
     def cache_folder(self) -> Path:
         """Where the decoded cache is (or will be) written."""
         base = self.cache_dir if self.cache_dir is not None else self.folder / CACHE_FOLDER
-        return base / f"{self.FOLDER}_{self.image_size}px"
+        variant = self.cache_variant()
+        return base / f"{self.FOLDER}_{self.image_size}px{'_' + variant if variant else ''}"
+
+    def cache_variant(self) -> str:
+        """What besides the image size makes this instance's decoded images differ, e.g. ``"bbox"``
+        for crops; ``""`` (the default) for nothing. A non-empty variant ends the cache folder's
+        name (``<FOLDER>_<size>px_<variant>``) and is part of the cache key, so variants never
+        overwrite each other's cache."""
+        return ""
+
+    def split_sizes(self) -> dict[SplitName, SplitSize]:
+        """Published classes and images of each split; :attr:`SPLIT_SIZES` unless the family
+        offers several published splits."""
+        return self.SPLIT_SIZES
 
     def _source(self) -> SourceFiles:
         try:
@@ -308,13 +321,16 @@ class ImageBenchmark(MetaDataset):
         return found
 
     def _cache_key(self, source: SourceFiles, classes: Sequence[str]) -> dict[str, Any]:
-        return {
+        key = {
             "format": self.CACHE_FORMAT,
             "family": type(self).__name__,
             "image_size": self.image_size,
             "source": source.key(),
             "classes": list(classes),
         }
+        if variant := self.cache_variant():
+            key["variant"] = variant
+        return key
 
     # -- checking and preparing ---------------------------------------------------------------
     def check(self) -> DatasetReport:
@@ -340,7 +356,7 @@ class ImageBenchmark(MetaDataset):
             reports.append(
                 SplitReport(
                     split=split,
-                    expected=self.SPLIT_SIZES[split],
+                    expected=self.split_sizes()[split],
                     classes=len(present),
                     images=sum(found[name] for name in present),
                     missing=tuple(name for name in table[split] if found.get(name, 0) == 0),
