@@ -228,6 +228,13 @@ def test_check_reports_a_missing_species_and_a_missing_image(tmp_path: Path) -> 
         CUB(tmp_path).split("train")
 
 
+def test_the_release_folder_may_lie_in_root_itself(tmp_path: Path) -> None:
+    write_release(tmp_path, release_members())
+    dataset = CUB(tmp_path, image_size=8, download=False, allow_partial=True)
+    assert dataset.locate().paths[0] == tmp_path / "CUB_200_2011" / "images.txt"
+    assert len(dataset.split("val")) == 2 * PER_CLASS
+
+
 def test_an_incomplete_release_folder_is_named(tmp_path: Path) -> None:
     members = release_members()
     del members["CUB_200_2011/bounding_boxes.txt"]
