@@ -224,6 +224,12 @@ def test_check_reports_a_missing_species_and_a_missing_image(tmp_path: Path) -> 
     assert (val.classes, val.images) == (1, 3) and "006.Least_Auklet" in val.missing
     assert (test.classes, test.images) == (2, 5) and test.expected.images == 2953
     assert "val: 49 classes missing: 006.Least_Auklet" in report.format()
+    md = CUB(tmp_path, split="meta_dataset").check().splits
+    assert [(r.expected.classes, r.expected.images, r.classes) for r in md] == [
+        (140, 8239, 4),
+        (30, 1779, 0),
+        (30, 1770, 1),
+    ]
     with pytest.raises(DatasetError, match=r"lacks 195 of the 200 classes .*allow_partial=True"):
         CUB(tmp_path).split("train")
 
