@@ -15,6 +15,7 @@ interrupted build is rebuilt, never half-read.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import numpy as np
 from lit_meta.data.atomic_file import atomic_file
 
 RECORD_NAME = "record.json"
+STAGED_SUFFIX = ".staged.npy"
+"""Ending of an array being written in place (:func:`open_staged_array`) before it joins a cache."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,10 @@ def write_array_cache(
 ) -> bool:
     """Write ``arrays`` and ``meta`` to ``folder`` as the cache for ``key``; ``True`` on success.
 
-    Each file is written under a temporary name and renamed into place. A folder that
-    cannot be written costs a warning (the data is decoded again next time), not an error.
+    Each file is written under a temporary name and renamed into place; an array from
+    :func:`open_staged_array` for this folder and name is flushed and renamed, not copied.
+    A folder that cannot be written costs a warning (the data is decoded again next time),
+    not an error.
     """
     folder = Path(folder)
     for name in arrays:
@@ -77,6 +82,11 @@ def write_array_cache(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RECORD_NAME).unlink(missing_ok=True)
         for name, array in arrays.items():
+            staged = folder / f"{name}{STAGED_SUFFIX}"
+            if isinstance(array, np.memmap) and array.filename is not None and Path(array.filename) == staged.resolve():
+                array.flush()
+                os.replace(staged, folder / f"{name}.npy")
+                continue
             with atomic_file(folder / f"{name}.npy") as file:
                 np.save(file, np.ascontiguousarray(array))
         record = {"key": dict(key), "arrays": sorted(arrays), "meta": dict(meta)}
@@ -90,6 +100,22 @@ def write_array_cache(
         )
         return False
     return True
+
+
+def open_staged_array(folder: str | Path, name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.memmap:
+    """A new ``.npy`` array in ``folder``, memory-mapped for writing, to fill in place.
+
+    For data larger than memory (tieredImageNet's 9.5 GB of training images): a decoder
+    writes into it chunk by chunk, and :func:`write_array_cache` given it under ``name``
+    renames the file into the cache instead of copying it. The file is named
+    ``<name>.staged.npy`` until then, so a cache being read is never overwritten.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(folder / f"{name}{STAGED_SUFFIX}", mode="w+", dtype=dtype, shape=shape)
 
 
 def cache_size(folder: str | Path) -> int:

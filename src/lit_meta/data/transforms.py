@@ -115,6 +115,19 @@ def _clipped(box: CropBox, image_size: tuple[int, int], name: str) -> tuple[int,
     return left, top, right, bottom
 
 
+def resize_array(
+    image: np.ndarray, size: ImageSize, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> np.ndarray:
+    """Resize a ``uint8`` ``[H, W]`` or ``[H, W, C]`` array with Pillow; unchanged if already ``size``.
+
+    For datasets distributed as decoded arrays, so they are resized like decoded files.
+    """
+    hw = _size_hw(size)
+    if hw is None or image.shape[:2] == hw:
+        return image
+    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), resample), dtype=np.uint8)
+
+
 def invert(image: Tensor) -> Tensor:
     """``255 - image`` for ``uint8`` images: swaps dark-on-light and light-on-dark."""
     return 255 - image

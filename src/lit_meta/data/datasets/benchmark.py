@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from lit_meta.data.array_cache import cache_size, read_array_cache, write_array_cache
+from lit_meta.data.array_cache import cache_size, open_staged_array, read_array_cache, write_array_cache
 from lit_meta.data.datasets.base import (
     SPLIT_NAMES,
     ClassIndexedDataset,
@@ -103,7 +103,8 @@ class DecodedImages:
     """What :meth:`ImageBenchmark.decode` returns.
 
     Args:
-        images: ``uint8`` ``[N, C, H, W]`` at the family's ``image_size``.
+        images: ``uint8`` ``[N, C, H, W]`` at the family's ``image_size``; for data larger
+            than memory, the array of :meth:`ImageBenchmark.allocate_images`, filled in place.
         labels: ``[N]`` positions in ``class_names``.
         class_names: the classes decoded, as named in :meth:`ImageBenchmark.split_table`.
     """
@@ -262,6 +263,22 @@ class ImageBenchmark(MetaDataset):
         error then tells the user what to obtain.
         """
         self.locate()
+
+    def allocate_images(self, count: int, channels: int = 3) -> np.ndarray:
+        """An unfilled ``uint8`` ``[count, channels, image_size, image_size]`` array for :meth:`decode` to fill.
+
+        With the cache on, it is a ``.npy`` file in the cache folder, memory-mapped, that
+        becomes the cache's image array without a copy (so decoding never holds all the
+        images in memory); without the cache, or where the cache folder cannot be
+        written, it is an ordinary array in memory.
+        """
+        shape = (count, channels, self.image_size, self.image_size)
+        if self.cache:
+            try:
+                return open_staged_array(self.cache_folder, "images", shape, np.uint8)
+            except OSError:
+                pass  # write_array_cache reports the unwritable folder
+        return np.empty(shape, dtype=np.uint8)
 
     # -- files --------------------------------------------------------------------------------
     @property
