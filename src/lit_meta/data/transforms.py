@@ -132,13 +132,3 @@ def invert(image: Tensor) -> Tensor:
     """``255 - image`` for ``uint8`` images: swaps dark-on-light and light-on-dark."""
     return 255 - image
 
-
-def resize_array(
-    image: np.ndarray, size: ImageSize, resample: Image.Resampling = Image.Resampling.LANCZOS
-) -> np.ndarray:
-    """Resize a decoded ``uint8`` image, ``[H, W]`` or ``[H, W, C]`` (as pickled datasets store
-    them), with Pillow; the array itself when it already has ``size``."""
-    hw = _size_hw(size)
-    if hw is None or image.shape[:2] == hw:
-        return image
-    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), resample), dtype=np.uint8)

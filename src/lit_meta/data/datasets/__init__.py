@@ -21,6 +21,7 @@ from lit_meta.data.datasets.image_folder import ImageFolder
 from lit_meta.data.datasets.miniimagenet import MiniImageNet
 from lit_meta.data.datasets.omniglot import Omniglot
 from lit_meta.data.datasets.sinusoid import Sinusoid, SinusoidTasks
+from lit_meta.data.datasets.tieredimagenet import TieredImageNet
 from lit_meta.data.transform_paths import resolve_transform
 from lit_meta.errors import DatasetError
 
@@ -32,6 +33,7 @@ DATASETS: dict[str, type[MetaDataset]] = {
     "glyphs": ProceduralGlyphs,
     "features": FeaturesDataset,
     "cub": CUB,
+    "tieredimagenet": TieredImageNet,
 }
 """Registered dataset families by name, as accepted by :func:`build_dataset`."""
 
@@ -75,5 +77,6 @@ __all__ = [
     "SplitSize",
     "TaskDistribution",
     "TensorClassDataset",
+    "TieredImageNet",
     "build_dataset",
 ]
