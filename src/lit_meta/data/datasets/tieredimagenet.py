@@ -86,7 +86,7 @@ TAR_MD5 = "e07e811b9f29362d159a9edd0d838c62"
 ``torchmeta/datasets/tieredimagenet.py``, ``tar_md5``)."""
 STORED_SIZE = 84
 _WNID = re.compile(r"n\d{8}")
-_CHUNK_IMAGES = 4096
+_CHUNK_IMAGES = 1024
 
 
 @dataclass(frozen=True)
