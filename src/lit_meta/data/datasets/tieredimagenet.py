@@ -1,11 +1,12 @@
 """tieredImageNet: 608 ILSVRC-2012 classes in 34 high-level categories (Ren et al., 2018).
 
 Ren, Triantafillou, Ravi, Snell, Swersky, Tenenbaum, Larochelle and Zemel, "Meta-Learning
-for Semi-Supervised Few-Shot Classification", ICLR 2018, Section 4 (datasets) and its
-appendix: 779,165 images of 608 classes, grouped by 34 nodes of the ImageNet hierarchy
-("categories"); 20 categories (351 classes, 448,695 images) are meta-train, 6 (97 classes,
-124,261 images) meta-val and 8 (160 classes, 206,209 images) meta-test, so no category
-reaches across splits.
+for Semi-Supervised Few-Shot Classification", ICLR 2018, Section 4 (datasets): 779,165
+images of 608 classes, grouped by 34 nodes of the ImageNet hierarchy ("categories"); 20
+categories (351 classes, 448,695 images) are meta-train, 6 (97 classes, 124,261 images)
+meta-val and 8 (160 classes, 206,209 images) meta-test, so no category reaches across
+splits. (The per-split image counts as learn2learn's ``TieredImagenet`` quotes the paper;
+they sum to its 779,165. The class and category counts are those of the shipped lists.)
 
 **Split.** The published lists of Ren et al.'s code (``fewshot/data/tiered_imagenet_split/
 {train,val,test}.csv`` of renmengye/few-shot-ssl-public, MIT; shipped in
