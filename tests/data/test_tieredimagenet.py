@@ -21,7 +21,7 @@ from lit_meta.data.datasets.base import SplitName
 from lit_meta.data.datasets.tieredimagenet import TieredImageNet, ren_split
 from lit_meta.errors import DatasetError
 
-# Ren et al. (2018), Section 4 and appendix: 608 classes, 779,165 images in 34 categories;
+# Ren et al. (2018), Section 4: 608 classes, 779,165 images in 34 categories;
 # meta-train 20 categories / 351 classes / 448,695 images, meta-val 6 / 97 / 124,261,
 # meta-test 8 / 160 / 206,209.
 PAPER = {"train": (20, 351, 448_695), "val": (6, 97, 124_261), "test": (8, 160, 206_209)}

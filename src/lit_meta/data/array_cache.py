@@ -82,10 +82,9 @@ def write_array_cache(
         folder.mkdir(parents=True, exist_ok=True)
         (folder / RECORD_NAME).unlink(missing_ok=True)
         for name, array in arrays.items():
-            staged = folder / f"{name}{STAGED_SUFFIX}"
-            if isinstance(array, np.memmap) and array.filename is not None and Path(array.filename) == staged.resolve():
+            if _is_staged(array, folder, name):
                 array.flush()
-                os.replace(staged, folder / f"{name}.npy")
+                os.replace(array.filename, folder / f"{name}.npy")
                 continue
             with atomic_file(folder / f"{name}.npy") as file:
                 np.save(file, np.ascontiguousarray(array))
@@ -107,15 +106,25 @@ def open_staged_array(folder: str | Path, name: str, shape: tuple[int, ...], dty
 
     For data larger than memory (tieredImageNet's 9.5 GB of training images): a decoder
     writes into it chunk by chunk, and :func:`write_array_cache` given it under ``name``
-    renames the file into the cache instead of copying it. The file is named
-    ``<name>.staged.npy`` until then, so a cache being read is never overwritten.
+    renames the file into the cache instead of copying it. Until then the file is
+    ``<name>.<process id>.staged.npy``, so neither a cache being read nor another
+    process building the same cache (DDP ranks) is overwritten; an interrupted build
+    leaves it behind, to be deleted by hand.
 
     Raises:
         OSError: the folder cannot be written.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    return np.lib.format.open_memmap(folder / f"{name}{STAGED_SUFFIX}", mode="w+", dtype=dtype, shape=shape)
+    path = folder / f"{name}.{os.getpid()}{STAGED_SUFFIX}"
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _is_staged(array: np.ndarray, folder: Path, name: str) -> bool:
+    """Whether ``array`` is this process's :func:`open_staged_array` of ``name`` in ``folder``."""
+    if not isinstance(array, np.memmap) or array.filename is None:
+        return False
+    return Path(array.filename).resolve() == (folder / f"{name}.{os.getpid()}{STAGED_SUFFIX}").resolve()
 
 
 def cache_size(folder: str | Path) -> int:
