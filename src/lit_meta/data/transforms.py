@@ -131,4 +131,3 @@ def resize_array(
 def invert(image: Tensor) -> Tensor:
     """``255 - image`` for ``uint8`` images: swaps dark-on-light and light-on-dark."""
     return 255 - image
-

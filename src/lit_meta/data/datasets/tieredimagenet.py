@@ -40,7 +40,7 @@ refused with a message saying so.
 
 **Pickle.** Unpickling runs code from the file: lit-meta unpickles only files in the
 user's own ``root``, and only when building the cache; later loads read the plain-array
-cache and a small JSON inventory of the labels (``<cache>/tieredimagenet_inventory``),
+cache and a small JSON inventory of the labels (``<cache>/inventory``),
 with no unpickling.
 
 **Cache and memory.** Decoding writes straight into the memory-mapped cache file
@@ -71,7 +71,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from lit_meta.data.array_cache import read_array_cache, write_array_cache
 from lit_meta.data.datasets.base import SPLIT_NAMES, SplitName, Transform
 from lit_meta.data.datasets.benchmark import DecodedImages, ImageBenchmark, SourceFiles, SplitSize
 from lit_meta.data.transforms import decode_image, resize_array
@@ -332,16 +331,12 @@ class TieredImageNet(ImageBenchmark):
             yield files, labels, self._class_ids(source, labels)
 
     def inventory(self, source: SourceFiles) -> dict[str, int]:
-        """Images per class WordNet id, from the labels files (through a JSON inventory once built).
+        """Images per class WordNet id, from the labels files (the base keeps it beside the cache,
+        so later loads unpickle nothing).
 
         Raises:
             DatasetError: a class is in two splits' files, or a labels file is unreadable.
         """
-        folder = self.cache_folder.parent / f"{self.FOLDER}_inventory"
-        key = {"format": self.CACHE_FORMAT, "source": source.key()}
-        cached = read_array_cache(folder, key) if self.cache else None
-        if cached is not None:
-            return {name: int(n) for name, n in cached.meta["counts"].items()}
         counts: dict[str, int] = {}
         for files, labels, ids in self._split_labels(source):
             sizes = np.bincount(labels.per_image, minlength=len(ids))
@@ -352,8 +347,6 @@ class TieredImageNet(ImageBenchmark):
                         "not Ren et al.'s split, replace them"
                     )
                 counts[name] = int(size)
-        if self.cache:
-            write_array_cache(folder, key, {}, {"counts": counts})
         return counts
 
     # -- decoding -------------------------------------------------------------------------------
