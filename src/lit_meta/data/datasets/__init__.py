@@ -14,7 +14,10 @@ from lit_meta.data.datasets.base import (
     TensorClassDataset,
 )
 from lit_meta.data.datasets.benchmark import DatasetReport, ImageBenchmark, SourceFiles, SplitSize
+from lit_meta.data.datasets.cifar100 import CIFAR100Benchmark
+from lit_meta.data.datasets.cifar_fs import CIFARFS
 from lit_meta.data.datasets.cub import CUB
+from lit_meta.data.datasets.fc100 import FC100
 from lit_meta.data.datasets.features import FeaturesDataset
 from lit_meta.data.datasets.glyphs import ProceduralGlyphs
 from lit_meta.data.datasets.image_folder import ImageFolder
@@ -34,6 +37,8 @@ DATASETS: dict[str, type[MetaDataset]] = {
     "features": FeaturesDataset,
     "cub": CUB,
     "tieredimagenet": TieredImageNet,
+    "cifar_fs": CIFARFS,
+    "fc100": FC100,
 }
 """Registered dataset families by name, as accepted by :func:`build_dataset`."""
 
@@ -58,8 +63,11 @@ def build_dataset(name: str, root: str | None = None, **kwargs: Any) -> MetaData
 
 
 __all__ = [
+    "CIFARFS",
     "CUB",
     "DATASETS",
+    "FC100",
+    "CIFAR100Benchmark",
     "ClassIndexedDataset",
     "ClassSubset",
     "DatasetReport",
