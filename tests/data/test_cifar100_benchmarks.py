@@ -155,8 +155,12 @@ def test_both_families_share_one_archive_and_later_loads_unpickle_nothing(
     miniature: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _put_archive(tmp_path)
+    reads: list[Path] = []
+    read = cifar100_module.read_cifar100
+    monkeypatch.setattr(cifar100_module, "read_cifar100", lambda source: reads.append(source.paths[0]) or read(source))
     CIFARFS(tmp_path, allow_partial=True, download=False).split("train")
     FC100(tmp_path, allow_partial=True, download=False).split("train")
+    assert len(reads) == 2  # once per family: FC100 found the archive's labels cached by CIFAR-FS
     caches = sorted(p.name for p in (tmp_path / "cifar100" / "lit-meta-cache").iterdir())
     assert caches == ["cifar100_labels", "cifar_fs_32px", "fc100_32px"]
 

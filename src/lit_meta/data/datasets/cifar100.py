@@ -17,11 +17,10 @@ module holds only its published class lists.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import pickle
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar
@@ -129,12 +128,10 @@ class _ArrayUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refused to load the global {module}.{name}") from None
 
 
-def _unpickle(open_member: Callable[[], IO[bytes]], name: str) -> dict[str, Any]:
+def _unpickle(stream: IO[bytes], name: str) -> dict[str, Any]:
     """A CIFAR-100 pickle's dict, its keys as ``str``; ``latin1`` reads the Python 2 strings of the release."""
-    stream = open_member()
     try:
-        with stream:
-            content = _ArrayUnpickler(stream, encoding="latin1").load()
+        content = _ArrayUnpickler(stream, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError, tarfile.TarError) as exc:
         raise DatasetError(
             f"cannot read {name} ({type(exc).__name__}: {exc}): not a CIFAR-100 python pickle; delete it and "
@@ -157,36 +154,39 @@ def _field(content: dict[str, Any], key: str, name: str) -> Any:
     return content[key]
 
 
-@contextlib.contextmanager
-def _members(source: SourceFiles) -> Iterator[dict[str, tuple[Callable[[], IO[bytes]], str]]]:
-    """``train``, ``test``, ``meta`` -> (open, name for messages), each checksum-verified before it is opened."""
-    if source.details["kind"] == "archive":
-        archive = source.paths[0]
-        verify_checksum(archive, f"md5:{CIFAR100_ARCHIVE_MD5}")
-        with contextlib.ExitStack() as stack:
-            try:
-                tar = stack.enter_context(tarfile.open(archive, "r:gz"))
-            except (tarfile.TarError, OSError) as exc:
-                raise DatasetError(f"cannot open {archive} ({exc}); delete it and download it again") from exc
+def _load_pickles(source: SourceFiles) -> dict[str, tuple[dict[str, Any], str]]:
+    """``train``, ``test``, ``meta`` -> (content, name for messages), each checksum-verified before it is unpickled.
 
-            def opener(member: str) -> Callable[[], IO[bytes]]:
-                def open_member() -> IO[bytes]:
-                    try:
-                        stream = tar.extractfile(f"{CIFAR100_EXTRACTED}/{member}")
-                    except KeyError:
-                        stream = None
-                    if stream is None:
-                        raise DatasetError(f"{archive} has no file {CIFAR100_EXTRACTED}/{member}")
-                    return stream
-
-                return open_member
-
-            yield {m: (opener(m), f"{archive}::{CIFAR100_EXTRACTED}/{m}") for m in CIFAR100_MEMBER_MD5}
-    else:
+    The archive is read as a stream, member after member in its own order: one pass of
+    decompression, where looking members up by name would decompress it again for each.
+    """
+    loaded: dict[str, tuple[dict[str, Any], str]] = {}
+    if source.details["kind"] == "folder":
         folder = source.paths[0]
         for member, md5 in CIFAR100_MEMBER_MD5.items():
             verify_checksum(folder / member, f"md5:{md5}")
-        yield {m: (functools.partial((folder / m).open, "rb"), str(folder / m)) for m in CIFAR100_MEMBER_MD5}
+            with (folder / member).open("rb") as stream:
+                loaded[member] = (_unpickle(stream, str(folder / member)), str(folder / member))
+        return loaded
+    archive = source.paths[0]
+    verify_checksum(archive, f"md5:{CIFAR100_ARCHIVE_MD5}")
+    wanted = {f"{CIFAR100_EXTRACTED}/{member}": member for member in CIFAR100_MEMBER_MD5}
+    try:
+        with tarfile.open(archive, "r|gz") as tar:
+            for info in tar:
+                member = wanted.get(info.name.removeprefix("./"))
+                stream = tar.extractfile(info) if member is not None else None
+                if stream is not None:
+                    name = f"{archive}::{info.name}"
+                    loaded[member] = (_unpickle(stream, name), name)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DatasetError(
+            f"cannot read {archive} ({type(exc).__name__}: {exc}); delete it and download it again"
+        ) from exc
+    missing = [path for path, member in wanted.items() if member not in loaded]
+    if missing:
+        raise DatasetError(f"{archive} has no file {', '.join(missing)}: it is not CIFAR-100's python release")
+    return loaded
 
 
 def read_cifar100(source: SourceFiles) -> CIFAR100Arrays:
@@ -201,30 +201,28 @@ def read_cifar100(source: SourceFiles) -> CIFAR100Arrays:
         DatasetError: a pickle lacks a key, or its arrays disagree in length or shape, or a class
             is not in the super-class CIFAR-100 puts it in.
     """
-    with _members(source) as members:
-        meta_open, meta_name = members["meta"]
-        meta = _unpickle(meta_open, meta_name)
-        fine_names = _names(_field(meta, "fine_label_names", meta_name))
-        coarse_names = _names(_field(meta, "coarse_label_names", meta_name))
-        images, fine, coarse = [], [], []
-        for batch in CIFAR100_BATCHES:
-            open_member, name = members[batch]
-            content = _unpickle(open_member, name)
-            data = np.asarray(_field(content, "data", name))
-            fine_labels = np.asarray(_field(content, "fine_labels", name), dtype=np.int64)
-            coarse_labels = np.asarray(_field(content, "coarse_labels", name), dtype=np.int64)
-            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _SIDE * _SIDE:
-                raise DatasetError(f"{name}: 'data' is {data.dtype} {list(data.shape)}, expected uint8 [N, 3072]")
-            if not len(data) == len(fine_labels) == len(coarse_labels):
-                raise DatasetError(
-                    f"{name}: {len(data)} images but {len(fine_labels)} fine and {len(coarse_labels)} coarse labels"
-                )
-            for labels, names, key in ((fine_labels, fine_names, "fine"), (coarse_labels, coarse_names, "coarse")):
-                if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-                    raise DatasetError(f"{name}: {key} labels outside 0..{len(names) - 1}")
-            images.append(data.reshape(-1, 3, _SIDE, _SIDE))
-            fine.append(fine_labels)
-            coarse.append(coarse_labels)
+    members = _load_pickles(source)
+    meta, meta_name = members["meta"]
+    fine_names = _names(_field(meta, "fine_label_names", meta_name))
+    coarse_names = _names(_field(meta, "coarse_label_names", meta_name))
+    images, fine, coarse = [], [], []
+    for batch in CIFAR100_BATCHES:
+        content, name = members[batch]
+        data = np.asarray(_field(content, "data", name))
+        fine_labels = np.asarray(_field(content, "fine_labels", name), dtype=np.int64)
+        coarse_labels = np.asarray(_field(content, "coarse_labels", name), dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _SIDE * _SIDE:
+            raise DatasetError(f"{name}: 'data' is {data.dtype} {list(data.shape)}, expected uint8 [N, 3072]")
+        if not len(data) == len(fine_labels) == len(coarse_labels):
+            raise DatasetError(
+                f"{name}: {len(data)} images but {len(fine_labels)} fine and {len(coarse_labels)} coarse labels"
+            )
+        for labels, names, key in ((fine_labels, fine_names, "fine"), (coarse_labels, coarse_names, "coarse")):
+            if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+                raise DatasetError(f"{name}: {key} labels outside 0..{len(names) - 1}")
+        images.append(data.reshape(-1, 3, _SIDE, _SIDE))
+        fine.append(fine_labels)
+        coarse.append(coarse_labels)
     arrays = CIFAR100Arrays(
         np.concatenate(images), np.concatenate(fine), np.concatenate(coarse), fine_names, coarse_names
     )
@@ -322,6 +320,7 @@ class CIFAR100Benchmark(ImageBenchmark):
         # Stored under another name: download() is the base's hook that fetches the files.
         self.download_missing = download
         self.mirror = mirror
+        self._last_read: tuple[dict[str, Any], CIFAR100Arrays] | None = None
 
     @property
     def folder(self) -> Path:
@@ -368,13 +367,19 @@ class CIFAR100Benchmark(ImageBenchmark):
         return base / "cifar100_labels"
 
     def inventory(self, source: SourceFiles) -> dict[str, int]:
-        """Images per class, from the labels cache; the first call reads the archive to build it."""
+        """Images per class, from the labels cache; the first call reads the archive to build it.
+
+        What that first call read is kept for the :meth:`decode` that follows it on a first
+        load, so that a first load reads (and verifies) the archive once, not twice.
+        """
         key = {"format": self.LABELS_CACHE_FORMAT, "source": source.key()}
+        self._last_read = None
         cached = read_array_cache(self._labels_folder(), key) if self.cache else None
         if cached is not None:
             labels, names = cached.arrays["fine_labels"], list(cached.meta["fine_names"])
         else:
             arrays = read_cifar100(source)
+            self._last_read = (source.key(), arrays)
             labels, names = arrays.fine_labels, arrays.fine_names
             if self.cache:
                 write_array_cache(self._labels_folder(), key, {"fine_labels": labels}, {"fine_names": names})
@@ -383,7 +388,8 @@ class CIFAR100Benchmark(ImageBenchmark):
 
     def decode(self, source: SourceFiles, classes: Sequence[str]) -> DecodedImages:
         """The images of ``classes``, in the archive's order (``train`` batch, then ``test``)."""
-        arrays = read_cifar100(source)
+        last_read, self._last_read = self._last_read, None
+        arrays = last_read[1] if last_read is not None and last_read[0] == source.key() else read_cifar100(source)
         position = {name: i for i, name in enumerate(arrays.fine_names)}
         lookup = np.full(len(arrays.fine_names), -1, dtype=np.int64)
         lookup[[position[name] for name in classes]] = np.arange(len(classes))
