@@ -167,7 +167,7 @@ def test_both_families_share_one_archive_and_later_loads_unpickle_nothing(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("unpickled although the caches hold everything")
 
-    monkeypatch.setattr(cifar100_module._ArrayUnpickler, "load", refuse)
+    monkeypatch.setattr(cifar100_module, "load_array_pickle", refuse)
     monkeypatch.setattr(cifar100_module, "read_cifar100", refuse)
     assert CIFARFS(tmp_path, allow_partial=True).split("val").class_names == ["beaver", "crab"]
     assert len(FC100(tmp_path, allow_partial=True).split("val")) == 18
@@ -211,7 +211,7 @@ def test_a_local_archive_with_another_checksum_is_refused_before_unpickling(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("unpickled an unverified archive")
 
-    monkeypatch.setattr(cifar100_module._ArrayUnpickler, "load", refuse)
+    monkeypatch.setattr(cifar100_module, "load_array_pickle", refuse)
     with pytest.raises(ChecksumError, match=rf"{path}: expected md5 eb9058c3a382ffc7106e4002c42a8d85, got"):
         CIFARFS(tmp_path, allow_partial=True).split("train")
 

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from lit_meta.data.array_cache import read_array_cache, write_array_cache
+from lit_meta.data.array_pickle import load_array_pickle
 from lit_meta.data.datasets.base import Transform
 from lit_meta.data.datasets.benchmark import CACHE_FOLDER, DecodedImages, ImageBenchmark, SourceFiles
 from lit_meta.data.download import download_url, verify_checksum
@@ -98,40 +99,10 @@ class CIFAR100Arrays:
     coarse_names: list[str]
 
 
-# The globals a CIFAR-100 pickle names: numpy's array reconstruction (under its numpy 1 and
-# numpy 2 module names) and, in pickles that Python 3 wrote with protocol 2, the bytes codec.
-def _pickle_globals() -> dict[tuple[str, str], Any]:
-    import codecs
-
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy 1
-        from numpy.core.multiarray import _reconstruct
-    return {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
-    }
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles plain data and numpy arrays, refusing every other global a pickle names."""
-
-    allowed: ClassVar[dict[tuple[str, str], Any]] = _pickle_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self.allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refused to load the global {module}.{name}") from None
-
-
 def _unpickle(stream: IO[bytes], name: str) -> dict[str, Any]:
     """A CIFAR-100 pickle's dict, its keys as ``str``; ``latin1`` reads the Python 2 strings of the release."""
     try:
-        content = _ArrayUnpickler(stream, encoding="latin1").load()
+        content = load_array_pickle(stream)
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, OSError, tarfile.TarError) as exc:
         raise DatasetError(
             f"cannot read {name} ({type(exc).__name__}: {exc}): not a CIFAR-100 python pickle; delete it and "
@@ -194,7 +165,8 @@ def read_cifar100(source: SourceFiles) -> CIFAR100Arrays:
 
     **Pickles run code when loaded.** The archive's md5 (or, for an extracted folder, each
     pickle's) is verified against the official release's before anything is unpickled, and the
-    unpickler accepts only plain data and numpy arrays, refusing any other global a pickle names.
+    unpickler accepts only plain data and numpy arrays, refusing any other global a pickle names
+    (:func:`~lit_meta.data.array_pickle.load_array_pickle`).
 
     Raises:
         ChecksumError: the archive or a pickle is not the official one (the message names it).
