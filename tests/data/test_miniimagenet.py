@@ -159,7 +159,7 @@ def test_second_load_reads_the_cache_without_unpickling_or_decoding(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the source was read again")
 
-    monkeypatch.setattr(miniimagenet_module.pickle, "load", refuse)
+    monkeypatch.setattr(miniimagenet_module, "load_array_pickle", refuse)
     monkeypatch.setattr(miniimagenet_module, "load_image", refuse)
     again = load(tmp_path).split("train").load(np.arange(9))
     assert (first == again).all()

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
 from lit_meta.data.array_cache import read_array_cache, write_array_cache
 from lit_meta.data.array_pickle import load_array_pickle
 from lit_meta.data.datasets.base import Transform
 from lit_meta.data.datasets.benchmark import CACHE_FOLDER, DecodedImages, ImageBenchmark, SourceFiles
 from lit_meta.data.download import download_url, verify_checksum
+from lit_meta.data.transforms import resize_array
 from lit_meta.errors import DatasetError
 
 CIFAR100_FOLDER = "cifar100"
@@ -221,8 +221,7 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
     """``uint8`` ``[N, 3, 32, 32]`` to ``[N, 3, size, size]`` with Pillow's Lanczos filter."""
     out = np.empty((len(images), 3, size, size), dtype=np.uint8)
     for i, image in enumerate(images):
-        resized = Image.fromarray(image.transpose(1, 2, 0)).resize((size, size), Image.Resampling.LANCZOS)
-        out[i] = np.asarray(resized).transpose(2, 0, 1)
+        out[i] = resize_array(image.transpose(1, 2, 0), size).transpose(2, 0, 1)
     return out
 
 

@@ -6,7 +6,6 @@ import csv
 import functools
 import io
 import os
-import pickle
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files as package_files
@@ -16,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from lit_meta.data.array_pickle import load_array_pickle
 from lit_meta.data.datasets.base import SPLIT_NAMES, SplitName
 from lit_meta.data.datasets.benchmark import DecodedImages, ImageBenchmark, SourceFiles, SplitSize
 from lit_meta.data.download import html_page_title
@@ -130,8 +130,10 @@ class MiniImageNet(ImageBenchmark):
        ``mini-imagenet-cache-validation.pkl`` (also read as ``-val.pkl``) and
        ``mini-imagenet-cache-test.pkl``, each a dict with ``image_data`` (``uint8``
        ``[N, 84, 84, 3]``) and ``class_dict`` (WordNet id -> indices into ``image_data``).
-       **Unpickling runs code the file names**: these are read only from the ``root`` you
-       pass, so put there only files you trust. They are unpickled on the first load only
+       **Unpickling can run code the file names**: these are read only from the ``root`` you
+       pass, so put there only files you trust, and through
+       :func:`~lit_meta.data.array_pickle.load_array_pickle`, which refuses any global but
+       numpy's array ones. They are unpickled on the first load only
        (to count and to decode them); later loads read the plain-array cache.
 
     Images are decoded with Pillow, converted to RGB and resized to ``image_size`` with
@@ -350,7 +352,7 @@ def _read_pickle(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     try:
         with open(path, "rb") as file:
             # The user's own file (see the docstring); latin1 also reads the arrays of Python 2 pickles.
-            data: Any = pickle.load(file, encoding="latin1")
+            data: Any = load_array_pickle(file)
     except MemoryError:
         raise
     except Exception as exc:  # unpickling a damaged file raises nearly any exception type

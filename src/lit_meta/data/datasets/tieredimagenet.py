@@ -38,8 +38,9 @@ Labels pickles holding only integer ``labels`` (the files MetaOptNet and RFS dis
 name no classes, so their classes cannot be matched with the published split; they are
 refused with a message saying so.
 
-**Pickle.** Unpickling runs code from the file: lit-meta unpickles only files in the
-user's own ``root``, and only when building the cache; later loads read the plain-array
+**Pickle.** Unpickling can run code the file names: lit-meta unpickles only files in the
+user's own ``root``, through :func:`~lit_meta.data.array_pickle.load_array_pickle` (which
+refuses any global but numpy's array ones), and only when building the cache; later loads read the plain-array
 cache and a small JSON inventory of the labels (``<cache>/inventory``),
 with no unpickling.
 
@@ -71,6 +72,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from lit_meta.data.array_pickle import load_array_pickle
 from lit_meta.data.datasets.base import SPLIT_NAMES, SplitName, Transform
 from lit_meta.data.datasets.benchmark import DecodedImages, ImageBenchmark, SourceFiles, SplitSize
 from lit_meta.data.transforms import decode_image, resize_array
@@ -135,7 +137,7 @@ def _load_pickle(path: Path) -> Any:
     try:
         with path.open("rb") as file:
             # the user's own files, unpickled once to build the caches
-            return pickle.load(file, encoding="latin1")
+            return load_array_pickle(file)
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
         raise DatasetError(
             f"cannot read {path}: {exc}; the file is damaged or not Ren et al.'s tieredImageNet file. "
