@@ -19,8 +19,10 @@ import numpy as np
 
 try:
     from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
 except ImportError:  # numpy 1
     from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
 
 
 class ArrayUnpickler(pickle.Unpickler):
@@ -29,6 +31,8 @@ class ArrayUnpickler(pickle.Unpickler):
     ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer,  # protocol 5's arrays
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,
