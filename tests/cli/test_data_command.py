@@ -150,3 +150,16 @@ def test_the_console_script_refuses_an_unknown_family_in_one_line(tmp_path: Path
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("lit-meta: error: unknown dataset family 'omniglott'. Did you mean 'omniglot'? ")
     assert done.stderr.count("\n") == 1
+
+
+def test_check_of_a_miniimagenet_root_missing_a_class_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.data.test_miniimagenet import CLASSES, write_form
+
+    write_form(tmp_path, "libfewshot", classes={**CLASSES, "val": ["n01855672"]})
+    status, out, _ = run(capsys, "check", "miniimagenet", "--root", tmp_path)
+    assert status == 1
+    assert "LibFewShot" in out.splitlines()[0] or "libfewshot" in out.splitlines()[0].lower()
+    assert re.search(r"^val +1 / 16 +3 / 9600 +MISMATCH$", out, re.M)
+    assert "val: 15 classes missing: n02091244, " in out
