@@ -11,16 +11,17 @@ The real data comes from ``--data``, ``LIT_META_OMNIGLOT`` or ``../shared/data/o
 
     python benchmarks/episodes.py --episodes 10000 --profile
 
-``images84`` (issue 18) measures what the image benchmarks' cache serves: a
-miniImageNet-sized meta-train split (64 classes of 600 random ``uint8`` 3x84x84 images)
-is written with :func:`lit_meta.data.array_cache.write_array_cache` and memory-mapped back
-as :class:`lit_meta.data.datasets.benchmark.ImageBenchmark` does (its size on disk is
-printed), then float32 5-way 1-shot 15-query episodes through the same DataLoader, and a
+``images84`` (issue 18) measures what the image benchmarks' cache serves: learn2learn's
+three miniImageNet pickles at full size (100 classes of 600 84x84x3 images, random pixels)
+are written to ``--cache`` (default: a temporary folder), then
+:class:`lit_meta.data.datasets.MiniImageNet` loads them twice: first unpickling them into
+its plain-array cache, then memory-mapping that cache (its size on disk is printed). Then
+float32 5-way 1-shot 15-query meta-train episodes through the same DataLoader, and a
 Conv4 Prototypical Networks training step (``meta_loss`` + backward + Adam, 64 filters,
 84x84x3 inputs, one episode per step) on those episodes; the loading time of an episode
 is reported as a share of the step::
 
-    python benchmarks/episodes.py images84 --episodes 3000 --steps 20
+    python benchmarks/episodes.py images84 --episodes 3000 --meta-batch-sizes 1 --steps 10
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import os
+import pickle
 import platform
 import pstats
 import shlex
@@ -41,8 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lit_meta.data.array_cache import cache_size, read_array_cache, write_array_cache
-from lit_meta.data.datasets import ClassIndexedDataset, Omniglot, TensorClassDataset
+from lit_meta.data.datasets import ClassIndexedDataset, MiniImageNet, Omniglot
 from lit_meta.data.episode import EpisodeDataset, collate_episodes
 from lit_meta.data.sampler import EpisodeSampler, EpisodeShape
 
@@ -106,29 +107,29 @@ def stage_times(
     }
 
 
-def synthetic_images84(folder: Path, classes: int = 64, per_class: int = 600) -> tuple[TensorClassDataset, float]:
-    """A miniImageNet-sized split of random images, written to and memory-mapped from the array cache.
+def write_random_miniimagenet(folder: Path) -> None:
+    """learn2learn's three miniImageNet pickles, at full size (Ravi's 100 classes x 600), of random pixels."""
+    from lit_meta.data.datasets.miniimagenet import PICKLE_FILES, ravi_split
 
-    Returns the split and the seconds the cached open took.
-    """
-    key = {"benchmark": "images84", "classes": classes, "per_class": per_class}
-    if read_array_cache(folder, key) is None:
-        rng = np.random.default_rng(0)
-        images = np.empty((classes * per_class, 3, 84, 84), dtype=np.uint8)
-        for start in range(0, len(images), per_class):
-            images[start : start + per_class] = rng.integers(0, 256, (per_class, 3, 84, 84), dtype=np.uint8)
-        labels = np.repeat(np.arange(classes), per_class)
-        write_array_cache(
-            folder, key, {"images": images, "labels": labels}, {"class_names": [str(c) for c in range(classes)]}
-        )
-    start = time.perf_counter()
-    cached = read_array_cache(folder, key)
-    opened = time.perf_counter() - start
-    assert cached is not None
-    split = TensorClassDataset(
-        torch.from_numpy(cached.arrays["images"]), cached.arrays["labels"], list(cached.meta["class_names"])
-    )
-    return split, opened
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in ravi_split().items():
+        classes = list(dict.fromkeys(label for _, label in rows))
+        images = rng.integers(0, 256, (600 * len(classes), 84, 84, 3), dtype=np.uint8)
+        class_dict = {wnid: list(range(600 * i, 600 * (i + 1))) for i, wnid in enumerate(classes)}
+        with open(folder / PICKLE_FILES[split][0], "wb") as file:
+            pickle.dump({"image_data": images, "class_dict": class_dict}, file, protocol=4)
+
+
+def miniimagenet_loads(root: Path) -> tuple[float, float, MiniImageNet]:
+    """Seconds of the first load (unpickle, write the array cache) and of the cached load (memory-map)."""
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        family = MiniImageNet(root)
+        assert len(family.images) == 60_000
+        times.append(time.perf_counter() - start)
+    return times[0], times[1], family
 
 
 def protonet_step_seconds(split: ClassIndexedDataset, shape: EpisodeShape, steps: int, warmup: int) -> list[float]:
@@ -153,21 +154,22 @@ def protonet_step_seconds(split: ClassIndexedDataset, shape: EpisodeShape, steps
 
 def images84(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.cache or Path(tmp) / "images84"
-        split, opened = synthetic_images84(folder)
-        print(
-            f"cache: {folder}, {cache_size(folder) / 2**30:.2f} GiB on disk; memory-mapped open {opened * 1e3:.1f} ms"
-        )
+        root = args.cache or Path(tmp)
+        if not (root / "miniimagenet").is_dir():
+            write_random_miniimagenet(root / "miniimagenet")
+        cold, cached, family = miniimagenet_loads(root)
+        print(f"miniImageNet first load (unpickle learn2learn's pickles, write the array cache): {cold:.1f} s")
+        print(f"miniImageNet cached load (memory-map): {cached * 1e3:.0f} ms")
+        print(f"cache: {family.cache_folder}, {family.cache_bytes() / 2**30:.2f} GiB on disk")
+        split = family.split("train")
         shape = EpisodeShape(ways=5, shots=1, queries=15)
-        print(
-            f"train split: {split.num_classes} classes, {len(split)} items of 3x84x84; 5-way 1-shot 15-query, float32"
-        )
+        print(f"train split: {split.num_classes} classes, {len(split)} items of 3x84x84; 5-way 1-shot 15-query")
         episodes_per_second(split, shape, min(args.episodes, 1000), 1)  # pages the cache in
         rates = {}
         for meta_batch_size in args.meta_batch_sizes:
             rates[meta_batch_size] = episodes_per_second(split, shape, args.episodes, meta_batch_size)
             rate = rates[meta_batch_size]
-            print(f"meta_batch_size {meta_batch_size:>3}: {rate:,.0f} episodes/s over {args.episodes:,}")
+            print(f"meta_batch_size {meta_batch_size:>3}: {rate:,.0f} float32 episodes/s over {args.episodes:,}")
         times = protonet_step_seconds(split, shape, args.steps, warmup=3)
         step = statistics.median(times)
         load = 1 / rates[1] if 1 in rates else 1 / episodes_per_second(split, shape, args.episodes, 1)
