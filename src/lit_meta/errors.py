@@ -17,6 +17,10 @@ class EpisodeConfigError(LitMetaError, ValueError):
     """An episode shape (ways, shots, queries) that a split cannot provide."""
 
 
+class AugmentationError(EpisodeConfigError):
+    """A train-time augmentation setting outside its range, or images it cannot augment."""
+
+
 class DatasetError(LitMetaError, ValueError):
     """Missing, empty, unreadable or unknown data."""
 

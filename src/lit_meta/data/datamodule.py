@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from lit_meta.data.augmentation import EpisodeAugmentation
 from lit_meta.data.datasets import MetaDataset, build_dataset
 from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName, TaskDistribution
 from lit_meta.data.episode import EpisodeDataset, collate_episodes
+from lit_meta.data.preprocessing import Statistics, check_normalization
 from lit_meta.data.sampler import EpisodeSampler, EpisodeShape, SupportOrder, check_support_order
 from lit_meta.data.transform_paths import transform_path
-from lit_meta.errors import DatasetError, EpisodeConfigError
+from lit_meta.errors import AugmentationError, DatasetError, EpisodeConfigError
 
 
 class EpisodicDataModule(L.LightningDataModule):
@@ -95,6 +98,19 @@ class EpisodicDataModule(L.LightningDataModule):
             seeing it; SNAIL, Mishra et al., 2018). Learners that treat the support
             as a set are unaffected. Queries stay class-major; regression datasets
             ignore it (their support inputs are random already).
+        augmentation: train-time augmentation of the meta-train episodes' images, support
+            and query (:class:`~lit_meta.data.augmentation.EpisodeAugmentation`: random
+            resized crop, horizontal flip, colour jitter); validation and test episodes
+            are never augmented. Seeded per episode, so still a function of ``(seed,
+            split, e, i)``, in any worker and after a resume. In YAML:
+            ``augmentation: {horizontal_flip: 0.0}`` (unnamed fields keep their
+            defaults); the hyperparameters keep its fields as a plain mapping, which
+            this argument also accepts. Default ``None``: no augmentation.
+        normalize: normalise the items of every split per channel with the dataset's
+            published statistics (:meth:`~lit_meta.data.datasets.MetaDataset.normalization`),
+            after any augmentation; checkpoints then store them with the image
+            preprocessing, so ``lit-meta adapt`` normalises new images the same way. A
+            dataset without statistics raises :class:`~lit_meta.errors.DatasetError`.
     """
 
     def __init__(
@@ -120,11 +136,18 @@ class EpisodicDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         support_order: SupportOrder = "by_class",
+        augmentation: EpisodeAugmentation | None = None,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if dataset_kwargs and dataset_kwargs.get("transform") is not None:
             # Kept as an import path: a function pickled into checkpoints breaks weights_only=True loading.
             dataset_kwargs = {**dataset_kwargs, "transform": transform_path(dataset_kwargs["transform"])}
+        if isinstance(augmentation, Mapping):  # the form the hyperparameters keep
+            augmentation = EpisodeAugmentation(**augmentation)
+        self.augmentation = augmentation
+        # Kept as its fields, plain values: a dataclass pickled into checkpoints breaks weights_only=True loading.
+        augmentation = None if augmentation is None else dataclasses.asdict(augmentation)  # type: ignore[assignment]
         self.save_hyperparameters(ignore=[] if isinstance(dataset, str) else ["dataset"])
         for option, size in (("meta_batch_size", meta_batch_size), ("eval_meta_batch_size", eval_meta_batch_size)):
             if size is not None and size < 1:
@@ -154,6 +177,7 @@ class EpisodicDataModule(L.LightningDataModule):
         elif dataset_kwargs:
             raise EpisodeConfigError("dataset_kwargs only apply to a dataset given by name; got an instance")
         self.dataset = dataset
+        self.statistics = self._statistics() if normalize else None
         self.num_episodes: dict[SplitName, int] = {"train": train_episodes, "val": val_episodes, "test": test_episodes}
         self.batch_sizes: dict[SplitName, int] = {
             "train": meta_batch_size,
@@ -166,6 +190,21 @@ class EpisodicDataModule(L.LightningDataModule):
         self._pending_sampler_state: dict[str, Any] = {}
         self._limit_val_batches: int | float | None = None  # the Trainer's own, while validation is off
         self._said_short_step = False  # the warning about an epoch's shorter last training step
+
+    def _statistics(self) -> Statistics:
+        """The dataset's normalisation statistics, checked against its channels."""
+        name = self.hparams.dataset if isinstance(self.hparams.get("dataset"), str) else repr(self.dataset)
+        statistics = self.dataset.normalization()
+        if statistics is None:
+            raise DatasetError(
+                f"normalize=True but dataset {name!r} publishes no normalisation statistics "
+                f"({type(self.dataset).__name__}.normalization() returns None); set normalize=False, or use a "
+                "dataset that has them (image_folder: give dataset_kwargs mean and std, one value per channel)"
+            )
+        preprocessing = self.dataset.image_preprocessing()
+        return check_normalization(
+            *statistics, preprocessing and preprocessing.channels, f"the normalization() of dataset {name!r}"
+        )
 
     def prepare_data(self) -> None:
         """Download or generate what the dataset lacks (once per node)."""
@@ -191,6 +230,11 @@ class EpisodicDataModule(L.LightningDataModule):
                     f"set {split}_episodes >= 1"
                 )
             self.splits[split] = self.dataset.split(split)
+            if split == "train" and self.augmentation is not None and isinstance(self.splits[split], TaskDistribution):
+                raise AugmentationError(
+                    f"augmentation is set but dataset {self.dataset!r} draws regression tasks, not images; "
+                    "remove augmentation"
+                )
             with _naming_options(self._options[split]):
                 sampler = EpisodeSampler(
                     self.splits[split],
@@ -239,7 +283,7 @@ class EpisodicDataModule(L.LightningDataModule):
         workers = self.hparams.num_workers
         loader = _PositionKeptByDataModule if split == "train" else DataLoader
         return loader(
-            EpisodeDataset(self.splits[split]),
+            EpisodeDataset(self.splits[split], self.augmentation if split == "train" else None, self.statistics),
             batch_size=self.batch_sizes[split],
             sampler=self.samplers[split],
             collate_fn=collate_episodes,
@@ -303,6 +347,8 @@ class EpisodicDataModule(L.LightningDataModule):
         state: dict[str, Any] = {"samplers": samplers}
         # Image decoding, so `lit-meta adapt` reads new images as training did (not restored on resume).
         if (preprocessing := self.dataset.image_preprocessing()) is not None:
+            if self.statistics is not None:
+                preprocessing = dataclasses.replace(preprocessing, mean=self.statistics[0], std=self.statistics[1])
             state["preprocessing"] = preprocessing.to_dict()
         return state
 

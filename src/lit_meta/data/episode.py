@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_meta.data.augmentation import EpisodeAugmentation
 from lit_meta.data.datasets.base import ClassIndexedDataset, TaskDistribution
+from lit_meta.data.preprocessing import Statistics, normalize
 
 if TYPE_CHECKING:
     from lit_meta.data.sampler import EpisodePlan
@@ -125,10 +127,27 @@ class EpisodeDataset(torch.utils.data.Dataset[Episode]):
     a class differs from episode to episode. A plan's support ``order``, if any,
     reorders the support items and their labels together; queries stay
     class-major.
+
+    Args:
+        source: the split the plans were drawn from.
+        augmentation: applied to all of an episode's items (support and query) at once,
+            with a ``torch.Generator`` seeded by the plan's
+            :attr:`~lit_meta.data.sampler.EpisodePlan.augmentation_seed`: the same
+            plan gives the same pixels, in any worker process and after a resume.
+            Classification splits of images only.
+        normalization: per-channel ``(mean, std)`` the items are normalised with, after
+            the augmentation (:func:`~lit_meta.data.preprocessing.normalize`).
     """
 
-    def __init__(self, source: ClassIndexedDataset | TaskDistribution) -> None:
+    def __init__(
+        self,
+        source: ClassIndexedDataset | TaskDistribution,
+        augmentation: EpisodeAugmentation | None = None,
+        normalization: Statistics | None = None,
+    ) -> None:
         self.source = source
+        self.augmentation = augmentation
+        self.normalization = normalization
 
     def __getitem__(self, plan: EpisodePlan) -> Episode:  # type: ignore[override]
         source = self.source
@@ -149,6 +168,10 @@ class EpisodeDataset(torch.utils.data.Dataset[Episode]):
             support = support[plan.order]
             support_y = support_y[torch.from_numpy(plan.order)]
         items = source.load(np.concatenate([support, plan.query.reshape(-1)]))
+        if self.augmentation is not None:
+            items = self.augmentation(items, torch.Generator().manual_seed(plan.augmentation_seed))
+        if self.normalization is not None:
+            items = normalize(items, *self.normalization)
         labels = torch.arange(ways)
         return Episode(
             support_x=items[: ways * shots],

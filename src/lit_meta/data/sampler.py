@@ -67,12 +67,19 @@ class EpisodePlan(NamedTuple):
     the ``ways * shots`` positions of the class-major flattened support
     (``support.reshape(-1)[order]``), or ``None`` for class-major order. Only
     ``support_order="random"`` classification samplers set it.
+
+    ``augmentation_seed`` seeds the train-time augmentation of the episode's images
+    (:class:`~lit_meta.data.augmentation.EpisodeAugmentation`), so an episode's augmented
+    pixels are a function of its coordinates too. Classification plans draw it from the
+    episode's random stream after everything else, so it changes none of the above;
+    regression plans keep the default 0.
     """
 
     task: np.ndarray
     support: np.ndarray
     query: np.ndarray
     order: np.ndarray | None = None
+    augmentation_seed: int = 0
 
 
 def episode_rng(seed: int, split: SplitName, epoch: int, index: int) -> np.random.Generator:
@@ -247,9 +254,10 @@ class EpisodeSampler(DistributedSampler):  # type: ignore[type-arg]
             items = np.take_along_axis(pool, picks, axis=1)
         else:
             items = np.stack([rng.choice(self._class_indices[c], size=shots + queries, replace=False) for c in classes])
-        # Drawn last, so the classes and items above do not depend on the option.
+        # Drawn last, so the classes and items above do not depend on the option, nor on the augmentation seed.
         order = rng.permutation(ways * shots) if self.support_order == "random" else None
-        return EpisodePlan(classes, items[:, :shots], items[:, shots:], order)
+        augmentation_seed = int(rng.integers(2**63))
+        return EpisodePlan(classes, items[:, :shots], items[:, shots:], order, augmentation_seed)
 
     # -- resuming -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from torch import Tensor
 from lit_meta.errors import DatasetError
 
 if TYPE_CHECKING:
-    from lit_meta.data.preprocessing import ImagePreprocessing
+    from lit_meta.data.preprocessing import ImagePreprocessing, Statistics
 
 SplitName = Literal["train", "val", "test"]
 SPLIT_NAMES: tuple[SplitName, ...] = ("train", "val", "test")
@@ -265,6 +265,15 @@ class MetaDataset(ABC):
 
         Checkpoints store it, so ``lit-meta adapt`` decodes new images as training
         did. Default ``None`` (regression tasks, or a family that does not say).
+        """
+        return None
+
+    def normalization(self) -> Statistics | None:
+        """Per-channel ``(mean, std)`` of the family's images in ``[0, 1]``, as its papers publish them.
+
+        ``EpisodicDataModule(normalize=True)`` normalises every split's items with them
+        (``(x - mean) / std``, after any augmentation) and stores them in checkpoints with
+        the :meth:`image_preprocessing`. Default ``None``: the family publishes none.
         """
         return None
 

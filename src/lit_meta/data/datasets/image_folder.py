@@ -19,7 +19,7 @@ from lit_meta.data.datasets.base import (
     Transform,
     split_classes_by_fraction,
 )
-from lit_meta.data.preprocessing import ImagePreprocessing, describe_transform
+from lit_meta.data.preprocessing import ImagePreprocessing, Statistics, check_normalization, describe_transform
 from lit_meta.data.transforms import IMAGE_EXTENSIONS, ImageMode, load_image
 from lit_meta.errors import DatasetError
 
@@ -105,6 +105,10 @@ class ImageFolder(MetaDataset):
         in_memory: decode a split's images once, when the split is built; ``False``
             reads the files at every episode (for data larger than memory), so an
             unreadable file only shows up when it is drawn.
+        mean: per-channel mean of the images in ``[0, 1]`` (one value per channel of
+            ``mode``), with ``std``: the statistics :meth:`normalization` gives
+            ``EpisodicDataModule(normalize=True)``. Default: none.
+        std: per-channel standard deviation, with ``mean``.
     """
 
     def __init__(
@@ -119,9 +123,12 @@ class ImageFolder(MetaDataset):
         split_seed: int = 0,
         transform: Transform | None = None,
         in_memory: bool = True,
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
     ) -> None:
         if mode not in ("RGB", "L"):
             raise DatasetError(f"mode must be 'RGB' or 'L', got {mode!r}")
+        self.statistics = check_normalization(mean, std, 1 if mode == "L" else 3, f"image_folder ({mode} images)")
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         if height < 1 or width < 1:
             raise DatasetError(f"image_size must be positive, got {image_size!r}")
@@ -211,6 +218,10 @@ class ImageFolder(MetaDataset):
         return ImagePreprocessing(
             self.mode, self.image_size, invert=False, custom_transform=describe_transform(self.transform)
         )
+
+    def normalization(self) -> Statistics | None:
+        """The ``mean`` and ``std`` given to the constructor, if any."""
+        return self.statistics
 
     def __repr__(self) -> str:
         return f"ImageFolder(root={str(self.root)!r}, image_size={self.image_size}, mode={self.mode!r})"
