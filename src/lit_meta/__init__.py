@@ -13,6 +13,7 @@ __version__ = "0.1.0.dev0"
 
 _PUBLIC = {
     "Episode": "lit_meta.data",
+    "EpisodeAugmentation": "lit_meta.data",
     "EpisodeBatch": "lit_meta.data",
     "EpisodeDataset": "lit_meta.data",
     "EpisodePlan": "lit_meta.data",
@@ -55,6 +56,7 @@ __all__ = [
     "Baseline",
     "BaselinePlusPlus",
     "Episode",
+    "EpisodeAugmentation",
     "EpisodeBatch",
     "EpisodeDataset",
     "EpisodePlan",
@@ -96,6 +98,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from lit_meta.data import (
         Episode,
+        EpisodeAugmentation,
         EpisodeBatch,
         EpisodeDataset,
         EpisodePlan,

@@ -148,6 +148,22 @@ def test_saturation_blends_with_the_grey_image_and_leaves_grey_images_alone():
     assert torch.equal(EpisodeAugmentation(**{**NONE.__dict__, "saturation": 0.9})(one, seeded()), one)
 
 
+def test_the_jitter_applies_brightness_then_contrast_then_saturation_with_one_draw_each():
+    """The call works in place on its own copy; the result is the chain of the pure ops, the input untouched."""
+    x = images()
+    before = x.clone()
+    jitter = EpisodeAugmentation(**{**NONE.__dict__, "brightness": 0.4, "contrast": 0.3, "saturation": 0.2})
+    out = jitter(x, seeded(3))
+    draws = seeded(3)
+    expected = x
+    for strength, adjust in ((0.4, adjust_brightness), (0.3, adjust_contrast), (0.2, adjust_saturation)):
+        expected = adjust(expected, 1 - strength + 2 * strength * torch.rand(len(x), generator=draws))
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(x, before)
+    cropped = EpisodeAugmentation(crop_scale=(0.5, 1.0))(x, seeded())
+    assert torch.equal(x, before) and not torch.equal(cropped, x)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

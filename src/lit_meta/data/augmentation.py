@@ -126,10 +126,11 @@ class EpisodeAugmentation:
             )
         boxes = None if self.crop_scale is None else self.crop_boxes(n, height, width, generator)
         flip = torch.rand(n, generator=generator) < self.horizontal_flip if self.horizontal_flip else None
+        owned = False  # whether `images` is a tensor of this call's own, which the jitter may overwrite
         if boxes is not None:
-            images = resized_crop(images, boxes, mirror=flip)  # the flip comes free with the resampling
+            images, owned = resized_crop(images, boxes, mirror=flip), True  # the flip comes free with the resampling
         elif flip is not None and flip.any():
-            images = images.clone()
+            images, owned = images.clone(), True
             images[flip] = images[flip].flip(-1)
         for strength, adjust in (
             (self.brightness, adjust_brightness),
@@ -138,7 +139,9 @@ class EpisodeAugmentation:
         ):
             if strength:
                 low = max(0.0, 1.0 - strength)
-                images = adjust(images, low + (1.0 + strength - low) * torch.rand(n, generator=generator))
+                factors = low + (1.0 + strength - low) * torch.rand(n, generator=generator)
+                # In place once owned: a fresh episode-sized tensor per op costs more in page faults than the op.
+                images, owned = adjust(images, factors, inplace=owned), True
         return images
 
     def crop_boxes(self, n: int, height: int, width: int, generator: torch.Generator) -> Tensor:
@@ -196,28 +199,30 @@ def grayscale(images: Tensor) -> Tensor:
     return torch.matmul(luma, images.flatten(-2)).view(*images.shape[:-3], 1, *images.shape[-2:])
 
 
-def _blend(images: Tensor, other: Tensor, factors: Tensor) -> Tensor:
+def _blend(images: Tensor, other: Tensor, factors: Tensor, inplace: bool) -> Tensor:
     """``clamp(f * images + (1 - f) * other, 0, 1)`` with one factor ``f`` per image."""
-    return torch.lerp(other, images, factors.to(images.dtype)[:, None, None, None]).clamp_(0, 1)
+    weight = factors.to(images.dtype)[:, None, None, None]
+    return torch.lerp(other, images, weight, out=images if inplace else None).clamp_(0, 1)
 
 
-def adjust_brightness(images: Tensor, factors: Tensor) -> Tensor:
-    """Each image scaled by its factor, clamped to ``[0, 1]``."""
-    return images.mul(factors.to(images.dtype)[:, None, None, None]).clamp_(0, 1)
+def adjust_brightness(images: Tensor, factors: Tensor, inplace: bool = False) -> Tensor:
+    """Each image scaled by its factor, clamped to ``[0, 1]``; ``inplace`` writes into ``images``."""
+    weight = factors.to(images.dtype)[:, None, None, None]
+    return (images.mul_(weight) if inplace else images.mul(weight)).clamp_(0, 1)
 
 
-def adjust_contrast(images: Tensor, factors: Tensor) -> Tensor:
+def adjust_contrast(images: Tensor, factors: Tensor, inplace: bool = False) -> Tensor:
     """Each image blended with the mean of its grey levels (a flat grey image) by its factor."""
     channel_means = images.mean(dim=(-2, -1))  # the grey mean is the luma of the channel means: one pass
     grey = channel_means[:, 0] if images.shape[-3] == 1 else channel_means @ torch.tensor(_LUMA, dtype=images.dtype)
-    return _blend(images, grey[:, None, None, None].expand_as(images), factors)
+    return _blend(images, grey[:, None, None, None].expand_as(images), factors, inplace)
 
 
-def adjust_saturation(images: Tensor, factors: Tensor) -> Tensor:
+def adjust_saturation(images: Tensor, factors: Tensor, inplace: bool = False) -> Tensor:
     """Each RGB image blended with its grey version by its factor; one-channel images unchanged."""
     if images.shape[-3] == 1:
         return images
-    return _blend(images, grayscale(images).expand_as(images), factors)
+    return _blend(images, grayscale(images).expand_as(images), factors, inplace)
 
 
 def _pair(name: str, value: object) -> tuple[float, float]:
