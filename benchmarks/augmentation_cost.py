@@ -5,9 +5,12 @@ miniImageNet shape; 20 classes of 30 images), then times, per episode of 80 imag
 loading the episode through ``EpisodeDataset`` without and with the default
 ``EpisodeAugmentation`` (random resized crop, flip, colour jitter), and each op alone on
 the loaded float batch. Prints the command, the machine and the figures (median of
-``--repeats`` rounds of ``--episodes`` episodes each)::
+``--repeats`` rounds of ``--episodes`` episodes each). ``--retain-freed-memory`` sets
+glibc malloc as ``lit-meta`` training on a CPU does (``RetainFreedCPUMemory``), so freed
+episode-sized tensors are reused instead of returned and page-faulted in again::
 
     python benchmarks/augmentation_cost.py --threads 1
+    python benchmarks/augmentation_cost.py --threads 1 --retain-freed-memory
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lit_meta import glibc_malloc
 from lit_meta.data.augmentation import EpisodeAugmentation
 from lit_meta.data.datasets import TensorClassDataset
 from lit_meta.data.episode import EpisodeDataset
@@ -57,7 +61,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200, help="episodes per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is printed")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--retain-freed-memory", action="store_true", help="glibc malloc as lit-meta's CPU training")
     args = parser.parse_args()
+    if args.retain_freed_memory and not glibc_malloc.retain_freed_memory():
+        print("warning: --retain-freed-memory had no effect (malloc is not glibc's)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     print("$", shlex.join([Path(sys.executable).name, *sys.argv]))
