@@ -12,6 +12,7 @@ registered learners with the nearest name. :mod:`lit_meta.cli` prints that line;
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -186,18 +187,25 @@ def _config_key(cls: type, config: Namespace) -> str | None:
                 return key
         except (ImportError, AttributeError, ValueError):
             continue
+    if dataclasses.is_dataclass(cls):  # given as the mapping of its fields, without a class_path
+        fields = {field.name for field in dataclasses.fields(cls)}
+        return next((key for key, node in _mappings(config, "") if set(node) == fields), None)
     return None
 
 
 def _class_nodes(node: Any, key: str) -> Iterator[tuple[str, Any]]:
     """``(key, node)`` for every ``class_path`` node under ``node``, keys without ``init_args``."""
+    return ((key, mapping) for key, mapping in _mappings(node, key) if "class_path" in mapping)
+
+
+def _mappings(node: Any, key: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(key, node)`` for every mapping under ``node`` (``node`` included), keys without ``init_args``."""
     if isinstance(node, Namespace):
         node = node.as_dict()
     if isinstance(node, dict):
-        if "class_path" in node:
-            yield key, node
+        yield key, node
         for name, child in node.items():
-            yield from _class_nodes(child, key if name == "init_args" else f"{key}.{name}".lstrip("."))
+            yield from _mappings(child, key if name == "init_args" else f"{key}.{name}".lstrip("."))
     elif isinstance(node, list):
         for i, child in enumerate(node):
-            yield from _class_nodes(child, f"{key}[{i}]")
+            yield from _mappings(child, f"{key}[{i}]")

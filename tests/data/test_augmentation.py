@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from lit_meta.adaptation import stored_preprocessing
+from lit_meta.cli import main
 from lit_meta.data import EpisodeDataset, EpisodeSampler, EpisodeShape, EpisodicDataModule
 from lit_meta.data.augmentation import (
     EpisodeAugmentation,
@@ -258,6 +259,16 @@ def test_resuming_an_augmented_cli_run_replays_it_bitwise(tmp_path):
     assert replayed and replayed == {s: expected[s] for s in replayed}
     before, after = final_weights(uninterrupted), final_weights(resumed)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_command_line_names_the_config_key_of_a_refused_augmentation_value(tmp_path, capsys):
+    args = ["fit", "--model", "lit_meta.ProtoNet", "--model.backbone", "lit_meta.backbones.Conv4"]
+    args += ["--data.root", str(tmp_path), "--data.dataset_kwargs", "{num_classes: 60, drawings_per_class: 6}"]
+    assert main([*args, "--data.augmentation.brightness", "-1", "--trainer.fast_dev_run", "true"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "lit-meta: error: data.augmentation.brightness=-1.0: a jitter strength, >= 0 (factors drawn in "
+        "[max(0, 1 - brightness), 1 + brightness]; 0 turns it off)"
+    )
 
 
 # -- normalisation ------------------------------------------------------------------------------
