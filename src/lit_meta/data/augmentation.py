@@ -47,9 +47,9 @@ class EpisodeAugmentation:
 
     Calling it as ``augmentation(images, generator)`` on a float ``[N, C, H, W]`` batch
     in ``[0, 1]`` returns a new batch of the same shape, the images cropped, then
-    flipped, then jittered (brightness, contrast, saturation, in that fixed order;
-    torchvision's ``ColorJitter`` shuffles the order per image). Each image gets its own
-    parameters.
+    flipped, then jittered (brightness, contrast, saturation, in that fixed order, as
+    Chen et al.'s ``ImageJitter``; torchvision's ``ColorJitter`` shuffles the order per
+    image). Each image gets its own parameters.
 
     Args:
         crop_scale: range of the crop's area as a fraction of the image's, or ``None``
@@ -141,7 +141,8 @@ class EpisodeAugmentation:
                 low = max(0.0, 1.0 - strength)
                 factors = low + (1.0 + strength - low) * torch.rand(n, generator=generator)
                 # In place once owned: a fresh episode-sized tensor per op costs more in page faults than the op.
-                images, owned = adjust(images, factors, inplace=owned), True
+                adjusted = adjust(images, factors, inplace=owned)
+                owned, images = owned or adjusted is not images, adjusted
         return images
 
     def crop_boxes(self, n: int, height: int, width: int, generator: torch.Generator) -> Tensor:
