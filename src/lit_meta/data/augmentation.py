@@ -40,8 +40,9 @@ class EpisodeAugmentation:
     Few-shot Classification", ICLR; ``data/datamgr.py`` of their code): a
     ``RandomResizedCrop`` with torchvision's default scale and ratio, a jitter of
     brightness, contrast and colour by factors in ``[0.6, 1.4]``, and a horizontal flip
-    of every other image; the same family of augmentations as the ResNet-12 pipelines of
-    Lee et al. (2019, MetaOptNet) and Tian et al. (2020, RFS). It suits natural images
+    of every other image. The ResNet-12 pipelines of Lee et al. (2019, MetaOptNet) and
+    Tian et al. (2020, RFS) jitter and flip alike but crop differently (a random 84x84
+    crop of the image padded by 8 pixels, not offered here). It suits natural images
     (miniImageNet, CIFAR-FS, CUB). Characters (Omniglot, glyphs) change class when
     flipped: set ``horizontal_flip=0`` for them.
 
