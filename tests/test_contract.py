@@ -12,8 +12,9 @@ one file plus one config, and both tests below cover it without an edit:
   and ``lit-meta adapt`` labels a folder of query images (image classification only, so not on features).
 
 Omniglot configs run on the procedural glyphs, configs on ``dataset: features`` on features
-of the glyphs, and configs on ``dataset: image_folder`` on random images in a folder for every
-class they list, as in ``tests/cli/test_configs.py``. Every run
+of the glyphs, configs on ``dataset: image_folder`` on random images in a folder for every
+class they list, and configs on ``miniimagenet``, ``cifar_fs`` and ``fc100`` on random RGB images
+at their size in stand-in class folders, as in ``tests/cli/test_configs.py``. Every run
 is shrunk on the command line: one query per class, one task per step, one validation and two
 test episodes, gradient learners on the reference ``execution="loop"`` path and adapting with one
 step (``eval_inner_steps=1``). Each config then takes 2-7 s on 2 CPU cores (MAML 20-way 5-shot,
@@ -37,10 +38,13 @@ from lit_meta.cli import init_arguments, main
 from lit_meta.data.episode import Episode
 from lit_meta.learners.registry import registered_learners, resolve_learner
 from tests.cli.test_configs import (
+    BENCHMARK_CONFIGS,
+    BENCHMARK_IMAGE_SIZES,
     CONFIGS,
     IMAGE_FOLDER_CONFIGS,
     IMAGE_FOLDER_IMAGES,
     SLOW,
+    benchmark_stand_in,
     config_id,
     data_args,
     glyph_features,
@@ -76,7 +80,8 @@ SMALL_TRAINER = [
 
 
 def small_data(config: dict[str, Any], glyph_root: Path, image_folder_root: Path) -> dict[str, Any]:
-    """The config's datamodule arguments changed for a tiny run (Omniglot becomes the glyphs)."""
+    """The config's datamodule arguments changed for a tiny run (Omniglot becomes the glyphs, a published
+    image benchmark random images at its size)."""
     data, small = data_args(config), dict(SMALL_DATA)
     if data.get("dataset") == "omniglot":
         small.update(dataset="glyphs", root=str(glyph_root), dataset_kwargs=glyph_kwargs(data) or None)
@@ -86,6 +91,8 @@ def small_data(config: dict[str, Any], glyph_root: Path, image_folder_root: Path
         small.update(root=str(glyph_features(glyph_root, config)))
     elif data.get("dataset") == "image_folder":
         small.update(root=str(image_folder_root))  # the config's class lists and image size are kept
+    elif data.get("dataset") in BENCHMARK_IMAGE_SIZES:
+        small.update(benchmark_stand_in(data, image_folder_root))
     return small
 
 
@@ -149,7 +156,7 @@ def test_every_registered_learner_has_a_config() -> None:
     assert not missing, f"registered learners without a config under configs/: {missing}"
 
 
-@pytest.mark.parametrize("path", IMAGE_FOLDER_CONFIGS, ids=config_id)
+@pytest.mark.parametrize("path", IMAGE_FOLDER_CONFIGS + BENCHMARK_CONFIGS, ids=config_id)
 def test_image_folder_episodes_fit_the_generated_images(path: Path, glyph_root: Path, image_folder_root: Path) -> None:
     """The contract run's episodes (one query per class) fit the images of every generated class folder."""
     config = load(path)

@@ -4,10 +4,13 @@ Every config runs through ``lit-meta fit``, ``test`` and ``adapt`` in the regist
 contract test (``tests/test_contract.py``), on embedded data: Omniglot configs run on
 the procedural glyphs (also ``[1, 28, 28]`` images, 1,000 meta-train classes of 20
 drawings), configs on pre-computed features (``dataset: features``) on features of
-the glyphs (:func:`glyph_features`), and configs on ``dataset: image_folder`` on a folder of
-random images for every class they list (:func:`image_folder_root`), so nothing is downloaded.
+the glyphs (:func:`glyph_features`), configs on ``dataset: image_folder`` on a folder of
+random images for every class they list (:func:`image_folder_root`), and configs on the
+published image benchmarks (``miniimagenet``, ``cifar_fs``, ``fc100``) on random RGB images
+at their size in that folder (:func:`benchmark_stand_in`), so nothing is downloaded.
 The helpers for that live here; the tests here check what the configs promise beyond a run
-(episodes that fit Omniglot's 20 drawings, the help text, errors for misspelled keys).
+(episodes that fit Omniglot's 20 drawings, learners sized for the benchmarks' images, the help
+text, errors for misspelled keys).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +41,6 @@ QUICKSTART = CONFIG_DIR / "quickstart.yaml"
 OMNIGLOT_DRAWINGS = 20
 """Drawings of each Omniglot character, so at most ``shots + queries`` per class of an episode."""
 
-# Reptile adapts for 50 steps per evaluated 20-way episode: 10-25 s each on 2 cores. The
-# miniImageNet configs run the learners of the Omniglot configs at 84x84 (or 640-d features):
-# 6-12 s each, covered by the default run through their Omniglot twins.
-SLOW = {"reptile/omniglot_20w1s.yaml", "reptile/omniglot_20w5s.yaml", "metanet/omniglot_20w1s.yaml"} | {
-    path.relative_to(CONFIG_DIR).as_posix() for path in CONFIGS if path.name.startswith("miniimagenet")
-}
-
 
 def load(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
@@ -63,6 +60,49 @@ OMNIGLOT_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("datas
 IMAGE_FOLDER_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("dataset") == "image_folder"]
 IMAGE_FOLDER_IMAGES = 6
 """Images of every generated class folder: a 5-shot episode plus the contract run's one query."""
+BENCHMARK_IMAGE_SIZES = {"miniimagenet": 84, "cifar_fs": 32, "fc100": 32}
+"""The published image benchmarks that configs name, with the side of their RGB images (the papers'
+size, each family's default ``image_size``)."""
+BENCHMARK_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("dataset") in BENCHMARK_IMAGE_SIZES]
+
+# Reptile adapts for 50 steps per evaluated 20-way episode: 10-25 s each on 2 cores. The configs
+# on miniImageNet (84x84, or 640-d features) run the learners of the
+# Omniglot configs on bigger images: 4-15 s each on 2 busy cores (Matching Networks' full context
+# embeddings of 1,600-d features about 90 s, SNAIL on ResNet-12 about 40 s), covered by the default
+# run through their Omniglot twins, except one run at each image size (DEFAULT_BENCHMARK_RUNS), which
+# keeps the benchmarks' stand-in (benchmark_stand_in) in the default run.
+DEFAULT_BENCHMARK_RUNS = {"fomaml/miniimagenet_5w1s.yaml"}
+SLOW = {"reptile/omniglot_20w1s.yaml", "reptile/omniglot_20w5s.yaml", "metanet/omniglot_20w1s.yaml"} | {
+    config_id(path) for path in CONFIGS if path.name.startswith("miniimagenet") or path in BENCHMARK_CONFIGS
+} - DEFAULT_BENCHMARK_RUNS
+
+
+def benchmark_image_size(data: dict[str, Any]) -> int:
+    """The image size of a benchmark config's dataset: its ``dataset_kwargs`` ``image_size``, else the family's."""
+    return int((data.get("dataset_kwargs") or {}).get("image_size") or BENCHMARK_IMAGE_SIZES[data["dataset"]])
+
+
+@cache
+def stand_in_classes() -> dict[str, list[str]]:
+    """Class folders standing in for the benchmarks' splits, as many per split as any benchmark config draws."""
+    datas = [data_args(load(path)) for path in BENCHMARK_CONFIGS]
+    needed = {
+        "train": max((data.get("train_ways") or data["ways"] for data in datas), default=0),
+        "val": max((data.get("eval_ways") or data["ways"] for data in datas), default=0),
+        "test": max((data.get("eval_ways") or data["ways"] for data in datas), default=0),
+    }
+    return {f"{split}_classes": [f"benchmark-{split}-{i:02d}" for i in range(n)] for split, n in needed.items()}
+
+
+def benchmark_stand_in(data: dict[str, Any], image_folder_root: Path) -> dict[str, Any]:
+    """Datamodule arguments that replace a benchmark config's dataset by random RGB images at its size.
+
+    The published families read files that are not here; ``image_folder`` over the stand-in
+    class folders of :func:`image_folder_root` (:func:`stand_in_classes`), resized to the
+    config's image size, checks the config's learner, backbone and shapes all the same.
+    """
+    kwargs = {"image_size": benchmark_image_size(data), "mode": "RGB", **stand_in_classes()}
+    return {"dataset": "image_folder", "root": str(image_folder_root), "dataset_kwargs": kwargs}
 
 
 @pytest.fixture(scope="session")
@@ -78,8 +118,9 @@ def image_folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One folder for the session's ``image_folder`` configs: ``<class>/<i>.png`` for every class they list.
 
     Each class folder named in a config's ``dataset_kwargs`` (``train_classes``, ``val_classes``,
-    ``test_classes``) holds :data:`IMAGE_FOLDER_IMAGES` random 16x16 RGB images; the dataset
-    resizes them to the config's ``image_size``.
+    ``test_classes``), and each stand-in class of the benchmark configs (:func:`stand_in_classes`),
+    holds :data:`IMAGE_FOLDER_IMAGES` random 16x16 RGB images; the dataset resizes them to the
+    config's ``image_size``.
     """
     root = tmp_path_factory.mktemp("image_folder")
     classes = {
@@ -87,7 +128,7 @@ def image_folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for path in IMAGE_FOLDER_CONFIGS
         for key in ("train_classes", "val_classes", "test_classes")
         for name in (data_args(load(path)).get("dataset_kwargs") or {}).get(key) or ()
-    }
+    } | {name for names in stand_in_classes().values() for name in names}
     generator = np.random.default_rng(0)
     for name in sorted(classes):
         (root / name).mkdir()
@@ -145,6 +186,24 @@ def test_omniglot_episodes_fit_the_characters(path: Path, tmp_path: Path) -> Non
     datamodule = EpisodicDataModule(**{**data, "dataset": "glyphs", "root": str(tmp_path)})
     for split, shape in datamodule.shapes.items():
         assert shape.shots + shape.queries <= OMNIGLOT_DRAWINGS, (split, shape)
+
+
+def test_default_benchmark_runs_name_benchmark_configs() -> None:
+    assert DEFAULT_BENCHMARK_RUNS <= {config_id(path) for path in BENCHMARK_CONFIGS}
+
+
+@pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=config_id)
+def test_benchmark_configs_size_their_learners_for_the_images(path: Path) -> None:
+    """A config on miniImageNet (84x84), CIFAR-FS or FC100 (32x32) builds its networks for RGB images of that size."""
+    config = load(path)
+    data, model = data_args(config), config["model"]["init_args"]
+    size = benchmark_image_size(data)
+    assert size == BENCHMARK_IMAGE_SIZES[data["dataset"]], (data["dataset"], size)
+    assert data.get("root") == "data"
+    backbone = model["backbone"]["init_args"]
+    assert backbone["in_channels"] == 3, backbone
+    assert backbone.get("image_size", size) == size, backbone
+    assert list(model.get("input_shape", [3, size, size])) == [3, size, size], model.get("input_shape")
 
 
 def test_quickstart_is_found() -> None:
