@@ -66,12 +66,12 @@ size, each family's default ``image_size``)."""
 BENCHMARK_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("dataset") in BENCHMARK_IMAGE_SIZES]
 
 # Reptile adapts for 50 steps per evaluated 20-way episode: 10-25 s each on 2 cores. The configs
-# on miniImageNet (84x84, or 640-d features) run the learners of the
+# on miniImageNet (84x84, or 640-d features), CIFAR-FS and FC100 (32x32) run the learners of the
 # Omniglot configs on bigger images: 4-15 s each on 2 busy cores (Matching Networks' full context
 # embeddings of 1,600-d features about 90 s, SNAIL on ResNet-12 about 40 s), covered by the default
 # run through their Omniglot twins, except one run at each image size (DEFAULT_BENCHMARK_RUNS), which
 # keeps the benchmarks' stand-in (benchmark_stand_in) in the default run.
-DEFAULT_BENCHMARK_RUNS = {"fomaml/miniimagenet_5w1s.yaml"}
+DEFAULT_BENCHMARK_RUNS = {"fomaml/miniimagenet_5w1s.yaml", "protonet/fc100_5w1s.yaml"}
 SLOW = {"reptile/omniglot_20w1s.yaml", "reptile/omniglot_20w5s.yaml", "metanet/omniglot_20w1s.yaml"} | {
     config_id(path) for path in CONFIGS if path.name.startswith("miniimagenet") or path in BENCHMARK_CONFIGS
 } - DEFAULT_BENCHMARK_RUNS
@@ -189,7 +189,8 @@ def test_omniglot_episodes_fit_the_characters(path: Path, tmp_path: Path) -> Non
 
 
 def test_default_benchmark_runs_name_benchmark_configs() -> None:
-    assert DEFAULT_BENCHMARK_RUNS <= {config_id(path) for path in BENCHMARK_CONFIGS}
+    unknown = DEFAULT_BENCHMARK_RUNS - {config_id(path) for path in BENCHMARK_CONFIGS}
+    assert not unknown, f"DEFAULT_BENCHMARK_RUNS names no benchmark config: {sorted(unknown)}"
 
 
 @pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=config_id)
