@@ -13,8 +13,8 @@ one file plus one config, and both tests below cover it without an edit:
 
 Omniglot configs run on the procedural glyphs, configs on ``dataset: features`` on features
 of the glyphs, configs on ``dataset: image_folder`` on random images in a folder for every
-class they list, and configs on ``miniimagenet``, ``cifar_fs`` and ``fc100`` on random RGB images
-at their size in stand-in class folders, as in ``tests/cli/test_configs.py``. Every run
+class they list, and configs on ``miniimagenet``, ``cifar_fs`` and ``fc100`` on miniatures of
+their files read by the real families, as in ``tests/cli/test_configs.py``. Every run
 is shrunk on the command line: one query per class, one task per step, one validation and two
 test episodes, gradient learners on the reference ``execution="loop"`` path and adapting with one
 step (``eval_inner_steps=1``). Each config then takes 2-7 s on 2 CPU cores (MAML 20-way 5-shot,
@@ -44,7 +44,7 @@ from tests.cli.test_configs import (
     IMAGE_FOLDER_CONFIGS,
     IMAGE_FOLDER_IMAGES,
     SLOW,
-    benchmark_stand_in,
+    accept_cifar100_miniature,
     config_id,
     data_args,
     glyph_features,
@@ -56,6 +56,12 @@ from tests.cli.test_configs import (
 
 # the session's glyph cache and image folder, fixtures shared with tests/cli/test_configs.py
 __all__ = ["glyph_root", "image_folder_root"]
+
+
+@pytest.fixture(autouse=True)
+def _accept_cifar100_miniature(monkeypatch: pytest.MonkeyPatch, image_folder_root: Path) -> None:
+    accept_cifar100_miniature(monkeypatch, image_folder_root)
+
 
 STEPS = 2
 # Tiny episodes: one query per class, one task per step, two test episodes, one validation batch.
@@ -92,7 +98,7 @@ def small_data(config: dict[str, Any], glyph_root: Path, image_folder_root: Path
     elif data.get("dataset") == "image_folder":
         small.update(root=str(image_folder_root))  # the config's class lists and image size are kept
     elif data.get("dataset") in BENCHMARK_IMAGE_SIZES:
-        small.update(benchmark_stand_in(data, image_folder_root))
+        small.update(root=str(image_folder_root))  # the real family reads its miniature there
     return small
 
 

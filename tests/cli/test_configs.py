@@ -6,8 +6,9 @@ the procedural glyphs (also ``[1, 28, 28]`` images, 1,000 meta-train classes of 
 drawings), configs on pre-computed features (``dataset: features``) on features of
 the glyphs (:func:`glyph_features`), configs on ``dataset: image_folder`` on a folder of
 random images for every class they list (:func:`image_folder_root`), and configs on the
-published image benchmarks (``miniimagenet``, ``cifar_fs``, ``fc100``) on random RGB images
-at their size in that folder (:func:`benchmark_stand_in`), so nothing is downloaded.
+published image benchmarks (``miniimagenet``, ``cifar_fs``, ``fc100``) on miniatures of their
+files in that folder, read by the real families (:func:`write_benchmark_miniatures`), so nothing
+is downloaded.
 The helpers for that live here; the tests here check what the configs promise beyond a run
 (episodes that fit Omniglot's 20 drawings, learners sized for the benchmarks' images, the help
 text, errors for misspelled keys).
@@ -15,10 +16,10 @@ text, errors for misspelled keys).
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ OMNIGLOT_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("datas
 IMAGE_FOLDER_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("dataset") == "image_folder"]
 IMAGE_FOLDER_IMAGES = 6
 """Images of every generated class folder: a 5-shot episode plus the contract run's one query."""
-BENCHMARK_IMAGE_SIZES = {"miniimagenet": 84, "cifar_fs": 32, "fc100": 32}
+BENCHMARK_IMAGE_SIZES = {name: DATASETS[name].DEFAULT_IMAGE_SIZE for name in ("miniimagenet", "cifar_fs", "fc100")}
 """The published image benchmarks that configs name, with the side of their RGB images (the papers'
 size, each family's default ``image_size``)."""
 BENCHMARK_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("dataset") in BENCHMARK_IMAGE_SIZES]
@@ -70,7 +71,7 @@ BENCHMARK_CONFIGS = [path for path in CONFIGS if data_args(load(path)).get("data
 # Omniglot configs on bigger images: 4-15 s each on 2 busy cores (Matching Networks' full context
 # embeddings of 1,600-d features about 90 s, SNAIL on ResNet-12 about 40 s), covered by the default
 # run through their Omniglot twins, except one run at each image size (DEFAULT_BENCHMARK_RUNS), which
-# keeps the benchmarks' stand-in (benchmark_stand_in) in the default run.
+# keeps the benchmarks' miniatures (write_benchmark_miniatures) in the default run.
 DEFAULT_BENCHMARK_RUNS = {"fomaml/miniimagenet_5w1s.yaml", "protonet/fc100_5w1s.yaml"}
 SLOW = {"reptile/omniglot_20w1s.yaml", "reptile/omniglot_20w5s.yaml", "metanet/omniglot_20w1s.yaml"} | {
     config_id(path) for path in CONFIGS if path.name.startswith("miniimagenet") or path in BENCHMARK_CONFIGS
@@ -82,27 +83,37 @@ def benchmark_image_size(data: dict[str, Any]) -> int:
     return int((data.get("dataset_kwargs") or {}).get("image_size") or BENCHMARK_IMAGE_SIZES[data["dataset"]])
 
 
-@cache
-def stand_in_classes() -> dict[str, list[str]]:
-    """Class folders standing in for the benchmarks' splits, as many per split as any benchmark config draws."""
-    datas = [data_args(load(path)) for path in BENCHMARK_CONFIGS]
-    needed = {
-        "train": max((data.get("train_ways") or data["ways"] for data in datas), default=0),
-        "val": max((data.get("eval_ways") or data["ways"] for data in datas), default=0),
-        "test": max((data.get("eval_ways") or data["ways"] for data in datas), default=0),
-    }
-    return {f"{split}_classes": [f"benchmark-{split}-{i:02d}" for i in range(n)] for split, n in needed.items()}
+def write_benchmark_miniatures(root: Path) -> str:
+    """Miniatures of the published benchmarks that configs name, in ``root``; returns the CIFAR archive's md5.
 
-
-def benchmark_stand_in(data: dict[str, Any], image_folder_root: Path) -> dict[str, Any]:
-    """Datamodule arguments that replace a benchmark config's dataset by random RGB images at its size.
-
-    The published families read files that are not here; ``image_folder`` over the stand-in
-    class folders of :func:`image_folder_root` (:func:`stand_in_classes`), resized to the
-    config's image size, checks the config's learner, backbone and shapes all the same.
+    ``root/miniimagenet/<wnid>/<i>.png`` for all 100 classes of Ravi & Larochelle's split (MAML's
+    class-folder form), and ``root/cifar100/cifar-100-python.tar.gz``, CIFAR-100's python release
+    with all 100 classes, :data:`IMAGE_FOLDER_IMAGES` random images each. The real families read
+    them (resized to each config's size); a test accepts the archive by patching the release's md5
+    to the returned one (:func:`accept_cifar100_miniature`).
     """
-    kwargs = {"image_size": benchmark_image_size(data), "mode": "RGB", **stand_in_classes()}
-    return {"dataset": "image_folder", "root": str(image_folder_root), "dataset_kwargs": kwargs}
+    from lit_meta.data.datasets.miniimagenet import ravi_split
+    from tests.data.test_cifar100_benchmarks import FINE_NAMES, cifar100_archive, cifar100_members
+
+    generator = np.random.default_rng(1)
+    for rows in ravi_split().values():
+        for wnid in dict.fromkeys(label for _, label in rows):
+            (root / "miniimagenet" / wnid).mkdir(parents=True)
+            for i in range(IMAGE_FOLDER_IMAGES):
+                pixels = generator.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / "miniimagenet" / wnid / f"{i}.png")
+    archive = cifar100_archive(cifar100_members(tuple(FINE_NAMES)))
+    (root / "cifar100").mkdir()
+    (root / "cifar100" / "cifar-100-python.tar.gz").write_bytes(archive)
+    return hashlib.md5(archive).hexdigest()
+
+
+def accept_cifar100_miniature(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Make CIFAR-FS and FC100 accept the miniature archive of :func:`write_benchmark_miniatures` in ``root``."""
+    from lit_meta.data.datasets import cifar100
+
+    archive = root / "cifar100" / "cifar-100-python.tar.gz"
+    monkeypatch.setattr(cifar100, "CIFAR100_ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
 
 
 @pytest.fixture(scope="session")
@@ -115,11 +126,11 @@ def glyph_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def image_folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder for the session's ``image_folder`` configs: ``<class>/<i>.png`` for every class they list.
+    """One folder for the session's ``image_folder`` configs: ``<class>/<i>.png`` for every class they list,
+    and the benchmarks' miniatures (:func:`write_benchmark_miniatures`).
 
     Each class folder named in a config's ``dataset_kwargs`` (``train_classes``, ``val_classes``,
-    ``test_classes``), and each stand-in class of the benchmark configs (:func:`stand_in_classes`),
-    holds :data:`IMAGE_FOLDER_IMAGES` random 16x16 RGB images; the dataset resizes them to the
+    ``test_classes``) holds :data:`IMAGE_FOLDER_IMAGES` random 16x16 RGB images; the dataset resizes them to the
     config's ``image_size``.
     """
     root = tmp_path_factory.mktemp("image_folder")
@@ -128,12 +139,13 @@ def image_folder_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for path in IMAGE_FOLDER_CONFIGS
         for key in ("train_classes", "val_classes", "test_classes")
         for name in (data_args(load(path)).get("dataset_kwargs") or {}).get(key) or ()
-    } | {name for names in stand_in_classes().values() for name in names}
+    }
     generator = np.random.default_rng(0)
     for name in sorted(classes):
         (root / name).mkdir()
         for i in range(IMAGE_FOLDER_IMAGES):
             Image.fromarray(generator.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    write_benchmark_miniatures(root)
     return root
 
 
