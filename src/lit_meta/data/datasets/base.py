@@ -93,7 +93,8 @@ class ClassIndexedDataset(torch.utils.data.Dataset[tuple[Tensor, int]], ABC):
         items = self.load_items(np.asarray(indices, dtype=np.int64))
         if items.dtype == torch.uint8:
             # Converting once, after gathering and rotating, moves 4x fewer bytes; an in-place
-            # division of the converted copy is ~2x faster than torch.div(uint8, 255.0), same values.
+            # division of the converted copy is faster than torch.div(uint8, 255.0), with the same
+            # values (benchmarks/RESULTS.md, issue 18).
             items = items.to(torch.float32).div_(255.0)
         if self.transform is None:
             return items
