@@ -17,9 +17,10 @@ from lit_meta.errors import NonFiniteLossError
 from lit_meta.learners.registry import registered_learners, resolve_learner
 from tests.cli.test_configs import CONFIGS, SLOW, config_id, load
 from tests.reliability.test_learner_guards import loader, trainer, weights_finite
-from tests.test_contract import cli_args, glyph_root, image_folder_root
+from tests.test_contract import _accept_cifar100_miniature, cli_args, glyph_root, image_folder_root
 
-__all__ = ["glyph_root", "image_folder_root"]  # the session's fixtures, shared with the contract test
+# the session's fixtures, and the CIFAR-100 miniature's checksum for CIFAR-FS and FC100 configs, as in the contract test
+__all__ = ["_accept_cifar100_miniature", "glyph_root", "image_folder_root"]
 
 
 def first_configs() -> dict[str, Path]:
