@@ -180,7 +180,7 @@ class ImageBenchmark(MetaDataset):
     meta-val's, then meta-test's), and these numbers are the class ids of every split.
 
     **Cache.** The first load (or :meth:`prepare`) decodes every listed class into
-    ``cache_dir`` (default ``<root>/<FOLDER>/lit-meta-cache/<image_size>px``) as plain
+    ``cache_dir`` (default ``<root>/<FOLDER>/lit-meta-cache/<FOLDER>_<image_size>px``) as plain
     ``.npy`` arrays keyed by the sources' sizes and modification times, the image size
     and :attr:`CACHE_FORMAT`; later loads memory-map them, with no unpickling. The images
     per class (:meth:`inventory`) are recorded there too, so later loads read no source
