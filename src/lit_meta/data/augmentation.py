@@ -184,7 +184,8 @@ def resized_crop(images: Tensor, boxes: Tensor, mirror: Tensor | None = None) ->
     left, top, box_w, box_h = boxes.unbind(1)
     span_x = box_w if mirror is None else torch.where(mirror, -box_w, box_w)  # right to left when mirrored
     # grid_sample's coordinates run from -1 to 1 over the image's edges; the grid is separable, so it is
-    # built from its columns and rows (F.affine_grid computes every point with a matrix product, 2x slower).
+    # built from its columns and rows (F.affine_grid computes every point with a matrix product: slower,
+    # see benchmarks/augmentation_cost.py).
     centres_x = (torch.arange(width, dtype=images.dtype) + 0.5) / width - 0.5
     centres_y = (torch.arange(height, dtype=images.dtype) + 0.5) / height - 0.5
     grid_x = (2 * left + box_w)[:, None] / width - 1 + 2 * span_x[:, None] / width * centres_x
