@@ -9,7 +9,8 @@
 - :mod:`~lit_meta.functional.inner_loop`: the inner loop, first or second order.
 - :mod:`~lit_meta.functional.adapt_and_score`: adapt on one task's support set, score its
   query set (the reference path).
-- :mod:`~lit_meta.functional.compiled`: a task's query pass, optionally ``torch.compile``-d.
+- :mod:`~lit_meta.functional.compiled`: a task's query pass, optionally ``torch.compile``-d, and the
+  compiled support gradients and forward pass of evaluation.
 - :mod:`~lit_meta.functional.shifted_conv`: one-input-channel convolutions as shifted
   sums, which the compiled query pass fuses with the BatchNorm after them.
 - :mod:`~lit_meta.functional.batched`: the same for all tasks of a meta-batch at once (``vmap``).
@@ -25,7 +26,7 @@ Deprecated: ``task_loss``, ``batched_task_loss`` and ``TaskLoss`` are now
 from lit_meta.functional.adapt_and_score import Criterion, ScoredTask, TaskLoss, adapt_and_score, task_loss
 from lit_meta.functional.batch_norm import task_batch_norm
 from lit_meta.functional.batched import batched_adapt_and_score, batched_task_loss
-from lit_meta.functional.compiled import QueryForward, query_forward
+from lit_meta.functional.compiled import QueryForward, compiled_forward, query_forward, support_gradients
 from lit_meta.functional.grad_mode import clone_inference_tensors, enable_adaptation_grad
 from lit_meta.functional.inner_loop import AdaptResult, adapt, check_finite_losses
 from lit_meta.functional.meta_lstm import MetaLSTMOptimizer, MetaLSTMState
@@ -60,12 +61,14 @@ __all__ = [
     "batched_task_loss",
     "check_finite_losses",
     "clone_inference_tensors",
+    "compiled_forward",
     "enable_adaptation_grad",
     "functional_forward",
     "head_parameter_names",
     "query_forward",
     "sgd",
     "sgd_step",
+    "support_gradients",
     "task_batch_norm",
     "task_buffers",
     "task_loss",

@@ -25,6 +25,9 @@ LossFn = Callable[[dict[str, Tensor]], Tensor]
 Differentiate = Callable[[LossFn, dict[str, Tensor], Sequence[str], bool], tuple[dict[str, Tensor], Tensor]]
 """``(loss_fn, params, names, create_graph) -> (gradients of the named params, loss)``."""
 
+Gradients = Callable[[dict[str, Tensor]], tuple[dict[str, Tensor], Tensor]]
+"""``params -> (gradients of the adapted params, support loss)``, taken outside autograd's tape."""
+
 
 @dataclass(frozen=True)
 class AdaptResult:
@@ -51,6 +54,7 @@ def adapt(
     first_order: bool = False,
     inner_params: Collection[str] | None = None,
     check_finite: bool = True,
+    gradients: Gradients | None = None,
 ) -> AdaptResult:
     """Take ``steps`` steps of an inner optimiser on ``loss_fn`` from ``params``.
 
@@ -91,11 +95,17 @@ def adapt(
             support loss is NaN or infinite. One host synchronisation after the
             loop; pass ``False`` and call :func:`check_finite_losses` on the
             stacked losses of many tasks to synchronise once for all of them.
+        gradients: the support loss's gradients and value at given parameters,
+            in place of ``torch.autograd.grad`` on ``loss_fn`` (which then goes
+            unused), e.g. a compiled
+            :func:`~lit_meta.functional.compiled.support_gradients`. Only for
+            adaptation that no outer gradient flows through.
 
     Raises:
         ValueError: both or neither of ``step_size`` and ``optimizer``; a name in
-            ``inner_params`` is not in ``params``; or ``steps`` and the number
-            of per-step step sizes differ.
+            ``inner_params`` is not in ``params``; ``steps`` and the number
+            of per-step step sizes differ; or ``gradients`` is given where an
+            outer gradient is wanted.
         RuntimeError: called under ``torch.inference_mode``.
         NonFiniteLossError: see ``check_finite``.
     """
@@ -104,6 +114,14 @@ def adapt(
     outer = torch.is_grad_enabled() and (
         any(p.requires_grad for p in params.values()) or any(t.requires_grad for t in optimizer.hyperparameters)
     )
+    differentiate = autograd_gradients
+    if gradients is not None:
+        if outer:
+            raise ValueError(
+                "gradients= takes the inner gradients outside autograd, so no outer gradient can flow through them; "
+                "use it for evaluation (detached parameters, or under torch.no_grad()), not for meta-training"
+            )
+        differentiate = _given_gradients(gradients)
     with torch.enable_grad():
         if outer:
             # an adapted tensor outside the outer graph (a frozen weight) still needs an inner gradient
@@ -116,7 +134,7 @@ def adapt(
             names,
             optimizer,
             steps=steps,
-            differentiate=autograd_gradients,
+            differentiate=differentiate,
             create_graph=outer and not first_order,
             detach_each_step=not outer,
         )
@@ -201,6 +219,15 @@ def autograd_gradients(
         loss, [params[n] for n in names], create_graph=create_graph, allow_unused=True, materialize_grads=True
     )
     return dict(zip(names, grads, strict=True)), loss
+
+
+def _given_gradients(gradients: Gradients) -> Differentiate:
+    def differentiate(
+        loss_fn: LossFn, params: dict[str, Tensor], names: Sequence[str], create_graph: bool
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        return gradients(params)
+
+    return differentiate
 
 
 def adapted_names(params: Mapping[str, Tensor], inner_params: Collection[str] | None) -> list[str]:

@@ -10,6 +10,12 @@ returns an :class:`ExecutionPlan` naming the path to take and why.
 
 The planner knows nothing of learners or Lightning; the learner supplies the step
 function, the memory estimate of the vmap path and the training time still planned.
+
+Evaluation adapts without a meta-gradient and has two paths: ``"loop"`` (eager) and
+``"compiled"`` (each task's support gradients and query pass under :func:`torch.compile`).
+Compiling costs tens of seconds once, so ``"auto"`` compiles only for Trainer runs that
+evaluate at least :data:`COMPILED_EVALUATION_EPISODES` episodes
+(:func:`planned_evaluation_episodes`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from torch import Tensor
 
 ExecutionPath = Literal["loop", "vmap", "compiled"]
 Execution = Literal["auto", "loop", "vmap", "compiled"]
+EvaluationPath = Literal["loop", "compiled"]
+EvaluationExecution = Literal["auto", "loop", "compiled"]
 
 COMPILE_WORTH_S = 600.0
 """Compilation is tried only for runs planned to take at least this long (seconds)."""
@@ -32,6 +40,10 @@ TIMED_TRIAL_STEPS = 3
 """Each path is timed over this many steps after a warm-up one, and scored by its fastest."""
 CPU_VMAP_BUDGET_MB = 256.0
 """Default memory budget of the vmap path's activations on a CPU (MB)."""
+COMPILED_EVALUATION_EPISODES = 2000
+"""``eval_execution="auto"`` compiles evaluation for Trainer runs that evaluate at least this many episodes:
+several times the episodes whose eager adaptation takes as long as compiling (``benchmarks/RESULTS.md``,
+"Evaluation speed")."""
 
 
 @dataclass(frozen=True)
@@ -165,3 +177,21 @@ def vmap_memory_budget_bytes(configured_mb: float | None, device: torch.device) 
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0] / 2
     return CPU_VMAP_BUDGET_MB * 2**20
+
+
+def planned_evaluation_episodes(trainer: Any, tasks_per_batch: int) -> float:
+    """The episodes the running stage of ``trainer`` (a Lightning Trainer) will evaluate, all runs
+    together: a test or predict run's batches, or every validation run of a fit (``inf`` for a fit
+    bounded by time only); 0 for the sanity check and without a Trainer."""
+    if trainer is None or trainer.sanity_checking:
+        return 0.0
+    if trainer.testing:
+        return sum(trainer.num_test_batches) * tasks_per_batch
+    if trainer.predicting:
+        return sum(trainer.num_predict_batches) * tasks_per_batch
+    per_run = sum(trainer.num_val_batches) * tasks_per_batch
+    if not trainer.training and trainer.state.fn != "fit":  # Trainer.validate: one run
+        return per_run
+    steps_between = trainer.val_check_batch * (trainer.check_val_every_n_epoch or 1)
+    runs = trainer.estimated_stepping_batches / max(steps_between, 1)
+    return per_run * (runs if runs >= 1 else 1.0)  # at least one run (also when both are infinite)

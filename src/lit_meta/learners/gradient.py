@@ -38,18 +38,25 @@ from lit_meta.functional import (
     adaptable_parameters,
     batched_adapt_and_score,
     check_finite_losses,
+    compiled_forward,
     functional_forward,
     head_parameter_names,
     query_forward,
     sgd,
+    support_gradients,
     task_buffers,
 )
 from lit_meta.functional import adapt as adapt_parameters
+from lit_meta.functional.compiled import Forward, SupportGradients
 from lit_meta.learners.base import ClassScores, MetaLearner, TaskModel, init_arguments
 from lit_meta.learners.execution import (
+    COMPILED_EVALUATION_EPISODES,
+    EvaluationExecution,
+    EvaluationPath,
     Execution,
     ExecutionPath,
     ExecutionPlanner,
+    planned_evaluation_episodes,
     saved_tensor_bytes,
     vmap_memory_budget_bytes,
 )
@@ -93,7 +100,8 @@ class AdaptedNetwork:
     """A backbone bound to task-specific parameters: ``model(x)`` runs it functionally.
 
     ``batch_norm`` is the BatchNorm behaviour of its forward pass
-    (:func:`~lit_meta.functional.functional_forward`).
+    (:func:`~lit_meta.functional.functional_forward`); ``forward``, when given, runs the pass
+    instead (a compiled one, :func:`~lit_meta.functional.compiled_forward`, with ``"module"``).
     """
 
     def __init__(
@@ -102,13 +110,19 @@ class AdaptedNetwork:
         params: dict[str, Tensor],
         buffers: dict[str, Tensor | None],
         batch_norm: BatchNormBehaviour = "module",
+        forward: Forward | None = None,
     ) -> None:
+        if forward is not None and batch_norm != "module":
+            raise ValueError(f"a given forward pass runs BatchNorm as the module's mode says, not {batch_norm!r}")
         self.backbone = backbone
         self.params = params
         self.buffers = buffers
         self.batch_norm = batch_norm
+        self.forward = forward
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.forward is not None:
+            return self.forward(self.params, self.buffers, x)
         return functional_forward(self.backbone, self.params, self.buffers, x, batch_norm=self.batch_norm)
 
 
@@ -160,6 +174,14 @@ class GradientMetaLearner(MetaLearner):
         vmap_memory_budget_mb: the memory ``execution="auto"`` may spend on the vmap
             path's activations; ``None``: the device default
             (:func:`~lit_meta.learners.execution.vmap_memory_budget_bytes`).
+        eval_execution: how adaptation runs at validation, test, predict and :meth:`adapt`:
+            ``"loop"`` (eager), ``"compiled"`` (each task's support gradients and the
+            adapted network's pass under :func:`torch.compile`: tens of seconds to compile
+            once, then faster; the same outputs to float rounding) or ``"auto"``: compiled
+            for Trainer runs that evaluate at least
+            :data:`~lit_meta.learners.execution.COMPILED_EVALUATION_EPISODES` episodes,
+            eager otherwise (and outside a Trainer). BatchNorm other than on each task's
+            batch statistics (:meth:`batch_norm_for_adaptation`) always runs eager.
         **kwargs: the outer-loop options of :class:`~lit_meta.learners.base.MetaLearner`.
     """
 
@@ -178,9 +200,12 @@ class GradientMetaLearner(MetaLearner):
         first_order: bool = False,
         execution: Execution = "auto",
         vmap_memory_budget_mb: float | None = None,
+        eval_execution: EvaluationExecution = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, **kwargs)
+        if eval_execution not in ("auto", "loop", "compiled"):
+            raise ValueError(f"eval_execution={eval_execution!r}: use 'auto', 'loop' or 'compiled'")
         if inner_steps < 1 or (eval_inner_steps is not None and eval_inner_steps < 1):
             raise ValueError(f"inner_steps={inner_steps}, eval_inner_steps={eval_inner_steps}: take at least one step")
         if inner_lr <= 0:
@@ -193,6 +218,8 @@ class GradientMetaLearner(MetaLearner):
         self._adaptation_growth_streak = 0
         self._adaptation_growth_step = -1
         self._compiled_query: QueryForward | None = None
+        self._compiled_evaluation: tuple[SupportGradients, Forward] | None = None
+        self._evaluation_tasks = 1
 
     @classmethod
     def upgrade_checkpoint(cls, checkpoint: dict[str, Any]) -> None:
@@ -262,11 +289,15 @@ class GradientMetaLearner(MetaLearner):
         """Fine-tune a copy of the parameters on a support set; returns the adapted model.
 
         The learner's own weights are untouched. ``steps`` defaults to :meth:`adaptation_steps`.
+        On the compiled evaluation path (:meth:`evaluation_path`) the support gradients and the
+        returned model's pass are compiled (:meth:`compiled_evaluation`).
         """
         steps = steps or self.adaptation_steps()
         params = {name: p.detach() for name, p in adaptable_parameters(self.backbone).items()}
         batch_norm = self.batch_norm_for_adaptation()
         optimizer = self.configure_inner_optimizer(steps, _detached(self.step_sizes(steps)))
+        compiled = self.evaluation_path() == "compiled" and batch_norm == AdaptationBatchNorm(batch_norm.buffers)
+        gradients, forward = self.compiled_evaluation() if compiled else (None, None)
 
         def support_loss(p: dict[str, Tensor]) -> Tensor:
             outputs = functional_forward(
@@ -278,8 +309,9 @@ class GradientMetaLearner(MetaLearner):
         adapted = adapt_parameters(
             support_loss, params, steps=steps, optimizer=optimizer, inner_params=self.inner_param_names,
             check_finite=self.checks_finite,
+            gradients=gradients and (lambda p: gradients(p, batch_norm.buffers, support_x, support_y)),
         )  # fmt: skip
-        return AdaptedNetwork(self.backbone, adapted.params, batch_norm.buffers, batch_norm.query)
+        return AdaptedNetwork(self.backbone, adapted.params, batch_norm.buffers, batch_norm.query, forward=forward)
 
     # -- meta-training -----------------------------------------------------------------------
     def meta_loss(self, batch: EpisodeBatch) -> Tensor:
@@ -441,6 +473,30 @@ class GradientMetaLearner(MetaLearner):
             return 0
         return max(int(self.trainer.estimated_stepping_batches) - self.global_step, 0)
 
+    def evaluation_path(self) -> EvaluationPath:
+        """The path adaptation takes at evaluation: the configured ``eval_execution``, or for
+        ``"auto"`` the compiled one when the running Trainer stage evaluates at least
+        :data:`~lit_meta.learners.execution.COMPILED_EVALUATION_EPISODES` episodes."""
+        execution = self.hparams.get("eval_execution", "loop")
+        if execution != "auto":
+            return execution
+        episodes = planned_evaluation_episodes(self._trainer, self._evaluation_tasks)
+        return "compiled" if episodes >= COMPILED_EVALUATION_EPISODES else "loop"
+
+    def evaluate_outputs(self, batch: EpisodeBatch) -> Tensor:
+        self._evaluation_tasks = len(batch)  # for evaluation_path's count of the episodes to come
+        return super().evaluate_outputs(batch)
+
+    def compiled_evaluation(self) -> tuple[SupportGradients, Forward]:
+        """The compiled support gradients (of :meth:`task_loss`, for the inner parameters) and the
+        compiled forward pass that evaluation adapts and predicts with, built once."""
+        if self._compiled_evaluation is None:
+            self._compiled_evaluation = (
+                support_gradients(self.backbone, self.task_loss, self.inner_param_names),
+                compiled_forward(self.backbone),
+            )
+        return self._compiled_evaluation
+
     def compiled_query_pass(self) -> QueryForward:
         """This learner's query pass (backbone, then :meth:`task_loss`) under ``torch.compile``, built once."""
         if self._compiled_query is None:
@@ -449,7 +505,7 @@ class GradientMetaLearner(MetaLearner):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        return {**state, "_compiled_query": None}  # compiled code does not pickle; rebuilt on use
+        return {**state, "_compiled_query": None, "_compiled_evaluation": None}  # compiled code does not pickle
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
