@@ -15,8 +15,9 @@ labelled by the adapted network. Three configurations, each in a fresh process w
 
 Every configuration first adapts to one episode untimed (the compiled one compiles
 there; that time is reported apart), then is timed over all the episodes. The
-accuracies (mean and 95% interval over episodes) and the share of query predictions
-equal to the eager loop's are printed, and the result is recorded in
+accuracies (mean and 95% interval over episodes), the share of query predictions
+equal to the eager loop's and each process's peak RSS (from its start: a child inherits
+its parent's ``ru_maxrss``, so VmHWM is reset first) are printed, and the result is recorded in
 ``benchmarks/results/evaluation_speed.jsonl``.
 
     python benchmarks/maml_evaluation.py --checkpoint path/to/maml.ckpt \\
@@ -38,7 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from peak_rss import peak_rss_mb  # noqa: E402
+from peak_rss import peak_rss_since_reset_mb, reset_peak_rss  # noqa: E402
 from results_log import record_result  # noqa: E402
 from subprocess_runs import run_configuration  # noqa: E402
 
@@ -75,6 +76,7 @@ def write_inputs(args: argparse.Namespace, workdir: Path) -> dict:
 
 def worker(config: str, workdir: Path, args: argparse.Namespace) -> None:
     """One lit-meta configuration: warm up on the first episode, then time every episode."""
+    reset_peak_rss()  # a fresh process inherits its parent's peak RSS (ru_maxrss survives fork and exec)
     import torch
 
     from lit_meta.backbones import Conv4
@@ -104,7 +106,7 @@ def worker(config: str, workdir: Path, args: argparse.Namespace) -> None:
         predictions.append(learner.evaluate_outputs(batch(first, min(first + args.tasks, count))).argmax(-1))
     seconds = time.perf_counter() - start
     torch.save(torch.cat(predictions), workdir / f"predictions-{config.replace(' ', '_')}.pt")
-    print(json.dumps({"seconds": seconds, "warm_up_s": warm_up, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"seconds": seconds, "warm_up_s": warm_up, "peak_rss_mb": peak_rss_since_reset_mb()}))
 
 
 def launch(config: str, args: argparse.Namespace, workdir: Path) -> dict | None:

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for the shared peak_rss helper
 from learn2learn_maml import conv4
 
-from peak_rss import peak_rss_mb
+from peak_rss import peak_rss_since_reset_mb, reset_peak_rss
 
 
 def main() -> None:
+    reset_peak_rss()  # this process inherited its parent's peak RSS
     parser = argparse.ArgumentParser()
     for name, kind in (("--steps", int), ("--threads", int), ("--inner-lr", float), ("--tasks", int)):
         parser.add_argument(name, type=kind, required=True)
@@ -53,7 +54,7 @@ def main() -> None:
     predictions = torch.stack([predict(t) for t in range(len(episodes["support_x"]))])
     seconds = time.perf_counter() - start
     torch.save(predictions, args.workdir / "predictions-learn2learn.pt")
-    print(json.dumps({"seconds": seconds, "warm_up_s": warm_up, "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"seconds": seconds, "warm_up_s": warm_up, "peak_rss_mb": peak_rss_since_reset_mb()}))
 
 
 if __name__ == "__main__":
