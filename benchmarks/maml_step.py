@@ -66,6 +66,7 @@ from peak_rss import (
     peak_rss_since_reset_mb,
     reset_peak_rss,
 )
+from results_log import record_result
 from subprocess_runs import ALLOCATOR_ENVIRONMENTS, JEMALLOC, allocator_environment_note, run_configuration
 
 HERE = Path(__file__).resolve().parent
@@ -301,6 +302,7 @@ def main() -> None:
                 merged["optional_imports"].update(result.get("optional_imports", []))
                 for key in ("peak_rss_mb", "steady_rss_mb"):
                     merged[key] = max(merged[key], result.get(key, 0.0))
+        record_speeds(results, args)
         report(results, args.tasks)
 
 
@@ -353,6 +355,31 @@ def report(results: dict[str, dict], tasks: int) -> None:
         print("| --- | --- | --- |")
         for name, r in evals.items():
             print(f"| {name} | {r['times'][0]:.1f} | {r['peak_rss_mb']:.0f} |")
+
+
+def record_speeds(results: dict[str, dict], args: argparse.Namespace) -> None:
+    """One ``speed`` line per lit-meta configuration timed next to learn2learn's in this run (``report.py``)."""
+    for name, r in results.items():
+        if not name.startswith("lit-meta"):
+            continue
+        evaluation = "eval" in name
+        order = "2nd" if "2nd" in name else "1st"
+        peer = results.get("learn2learn eval" if evaluation else f"learn2learn, {order} order")
+        if peer is None:
+            continue
+        ours_s, peer_s = (statistics.median(times) for times in (r["times"], peer["times"]))
+        what = f"{EVAL_EPISODES}-episode evaluation" if evaluation else f"training step, {order} order"
+        figures = {
+            "what": f"MAML {what}", "learner": "MAML", "setting": f"omniglot 5w1s, meta-batch {args.tasks}, Conv4-64",
+            "ours_s": round(ours_s, 3), "peer": "learn2learn", "peer_s": round(peer_s, 3),
+            "ratio": round(peer_s / ours_s, 2),
+            "ours_peak_mb": round(r["peak_rss_mb"]), "peer_peak_mb": round(peer["peak_rss_mb"]),
+            "ours_peaks_mb": [round(peak) for _, peak in r.get("peaks", [])],
+            "peer_peaks_mb": [round(peak) for _, peak in peer.get("peaks", [])],
+            "run": f"{name}, allocator {args.allocator}",
+            "note": f"paths chosen: {', '.join(map(str, r['paths']))}" if any(r.get("paths", [])) else None,
+        }  # fmt: skip
+        record_result("speed", "speed", figures, budget={"rounds": args.rounds, "steps": args.steps})
 
 
 if __name__ == "__main__":

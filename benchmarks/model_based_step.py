@@ -29,6 +29,9 @@ from jsonargparse import ArgumentParser
 
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.learners import MetaLearner
+from results_log import record_result
+
+NAMES = {"mann": "MANN", "snail": "SNAIL", "metanet": "MetaNet"}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,6 +103,13 @@ def main() -> None:
         print(
             f"| {r['config']} | {r['tasks']} | {r['parameters']:,} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} |", flush=True
         )
+        figures = {
+            "what": "training step as configured (CPU s)", "setting": r["config"],
+            "learner": NAMES[r["config"].split("/")[0]],
+            "ours_s": round(r["cpu_s"], 2), "peer": None, "wall_s": round(r["wall_s"], 2), "tasks_per_step": r["tasks"],
+            "parameters": r["parameters"], "note": "random pixels",
+        }  # fmt: skip
+        record_result("model_based", "speed", figures, budget={"steps": args.steps})
 
 
 if __name__ == "__main__":

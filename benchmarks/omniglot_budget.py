@@ -4,12 +4,12 @@ Each ``configs/<learner>/omniglot_<ways>w<shots>s.yaml`` runs as ``lit-meta fit`
 ``--minutes`` of training (``trainer.max_time``), validating every ``--val-every`` steps,
 then tests its best validation checkpoint on 600 episodes (``test_after_fit``). The
 script prints a table (test accuracy with its 95% CI next to the paper's number, the
-training steps reached, the wall time of the whole run) and draws the validation
-curves into one PNG per learner. Each run's figures are also kept in
-``<out>/logs/<learner>_<setting>/result.json``, and the PNG shows the latest run of every
-setting found there, so settings run with different budgets share one plot.
+training steps reached, the wall time of the whole run) and records each run, validation
+curve included, as an ``accuracy`` line in ``benchmarks/results/omniglot_accuracy.jsonl``
+(``python benchmarks/report.py`` draws the curves). Each run's figures are also kept in
+``<out>/logs/<learner>_<setting>/result.json``.
 
-    python benchmarks/omniglot_budget.py --learners protonet --minutes 8 --out benchmarks/results
+    python benchmarks/omniglot_budget.py --learners protonet --minutes 8
     python benchmarks/omniglot_budget.py --settings 20w1s 20w5s --minutes 20 30 --allocator jemalloc
 
 Omniglot is read from ``--data`` (default ``../shared/data``, holding ``omniglot/``),
@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from results_log import record_result
 from subprocess_runs import allocator_environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,14 @@ PAPER = {  # test accuracy (%) as published; Vinyals et al. 2016 tabulate Siames
     "snail": (99.07, 99.78, 97.64, 99.36),  # Mishra et al. 2018, Table 1
     "metanet": (98.95, None, 97.00, None),  # Munkhdalai & Yu 2017, Table 1 (1-shot only)
 }
+
+
+NAMES = {"protonet": "ProtoNet", "matching_net": "MatchingNet", "relation_net": "RelationNet", "siamese": "SiameseNet",
+         "maml": "MAML", "snail": "SNAIL", "metanet": "MetaNet"}  # fmt: skip
+SOURCES = {"protonet": "Snell et al. 2017, Table 1", "matching_net": "Vinyals et al. 2016, Table 1",
+           "relation_net": "Sung et al. 2018, Table 1", "siamese": "Koch et al. 2015 (Vinyals et al. 2016)",
+           "maml": "Finn et al. 2017, Table 1", "snail": "Mishra et al. 2018, Table 1",
+           "metanet": "Munkhdalai & Yu 2017, Table 1"}  # fmt: skip
 
 
 def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> dict:
@@ -104,29 +113,18 @@ def data_config(config: Path) -> dict:
     return yaml.safe_load(config.read_text())["data"]
 
 
-def plot(learner: str, out: Path) -> None:
-    """One PNG per learner with the validation curve of the latest run of every setting under ``out/logs``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for setting in SETTINGS:
-        path = out / "logs" / f"{learner}_{setting}" / "result.json"
-        if not path.exists():
-            continue
-        r = json.loads(path.read_text())
-        steps, accs = zip(*r["curve"], strict=True) if r["curve"] else ((), ())
-        label = f"{setting}, {r['minutes']} min (test {r['acc']:.2f}%)"
-        ax.plot(steps, [100 * a for a in accs], marker="o", markersize=3, label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{learner} on Omniglot, 2-core CPU")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / f"omniglot_{learner}_curves.png", dpi=100)
+def record(r: dict, args: argparse.Namespace) -> None:
+    """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
+    paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
+    figures = {
+        "learner": NAMES[r["learner"]], "setting": f"omniglot {r['setting']}", "split": "the config's",
+        "acc": round(r["acc"], 2), "ci95": round(r["ci95"], 2), "test_episodes": r["episodes"],
+        "train_steps": r["steps"], "wall_min": round(r["wall_s"] / 60, 1),
+        "paper": None if paper is None else {"acc": paper, "source": SOURCES[r["learner"]]},
+        "curve": [[step, round(100 * acc, 2), None] for step, acc in r["curve"]],
+        "note": f"allocator {args.allocator}; lit-meta command: {r['command']}",
+    }  # fmt: skip
+    record_result("omniglot_accuracy", "accuracy", figures, budget={"minutes": r["minutes"]})
 
 
 def main() -> None:
@@ -147,7 +145,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/lit-meta-omniglot-cache"))
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="logs go in <out>/logs")
     args = parser.parse_args()
     if len(args.minutes) not in (1, len(args.settings)):
         parser.error(f"--minutes takes 1 value or one per setting ({len(args.settings)}), not {len(args.minutes)}")
@@ -160,17 +158,15 @@ def main() -> None:
         "| wall time (train + eval) |\n| --- | --- | --- | --- | --- | --- | --- |"
     )
     for learner in args.learners:
-        results = []
         for setting in args.settings:
             r = run(learner, setting, minutes[setting], args)
-            results.append(r)
+            record(r, args)
             paper = PAPER[learner][SETTINGS.index(setting)]
             print(
                 f"| {learner} | {setting} | {r['acc']:.2f} ± {r['ci95']:.2f} | {paper} | {r['minutes']} min "
                 f"| {r['steps']} | {r['wall_s'] / 60:.1f} min |",
                 flush=True,
             )
-        plot(learner, args.out)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ Paper setup (Finn et al., 2017, Section 5.2 and Appendix A.1): Conv4 with 64 fil
 meta-batch 32, Adam 1e-3, 60,000 iterations: 98.7 ± 0.4% (MAML), 98.3 ± 0.5% (FOMAML).
 That is days of CPU here, so each variant trains for ``--minutes``, with a validation
 curve (100 fixed episodes every ``--val-every`` steps), then is tested on 600 episodes;
-the script prints the curve, the test accuracy and the time 60,000 iterations would take.
+the script prints the curve, the test accuracy and the time 60,000 iterations would take,
+and records each variant as an ``accuracy`` line in ``benchmarks/results/omniglot_accuracy.jsonl``
+(``python benchmarks/report.py`` draws the curves).
 
-    python benchmarks/omniglot_maml.py --minutes 10 --out benchmarks/results
+    python benchmarks/omniglot_maml.py --minutes 10
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from lightning.pytorch.loggers import CSVLogger
 from lit_meta import EpisodicDataModule
 from lit_meta.backbones import Conv4
 from lit_meta.learners import MAML
+from results_log import record_result
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_ITERATIONS = 60_000
+PAPER = {"MAML": {"acc": 98.7, "ci95": 0.4, "source": "Finn et al. 2017, Table 1"},
+         "FOMAML": {"acc": 98.3, "ci95": 0.5, "source": "Finn et al. 2017, Table 1"}}  # fmt: skip
 
 
 def run(first_order: bool, args: argparse.Namespace) -> dict:
@@ -74,7 +79,8 @@ def main() -> None:
         "--data", type=Path, default=Path(os.environ.get("LIT_META_OMNIGLOT", REPO.parent / "shared/data/omniglot"))
     )
     parser.add_argument("--cache", type=Path, default=Path("data/omniglot-cache"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="logs go in <out>/logs")
+    parser.add_argument("--results", type=Path, default=None, help="where to record (default benchmarks/results)")
     parser.add_argument(
         "--execution", default="auto", choices=["auto", "loop", "compiled", "vmap"],
         help="MAML's meta-training path (auto: the library's default, measured on the first batch)",
@@ -100,29 +106,17 @@ def main() -> None:
             "  validation curve (iteration: acc ± CI): "
             + ", ".join(f"{s}: {100 * a:.1f} ± {100 * c:.1f}" for s, a, c in r["curve"])
         )
-    plot(results, args.out / "omniglot_maml_curve.png")
-    print(f"\nfigure: {args.out / 'omniglot_maml_curve.png'}")
-
-
-def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in results:
-        steps, acc, ci = zip(*r["curve"], strict=True) if r["curve"] else ((), (), ())
-        ax.errorbar(steps, [100 * a for a in acc], yerr=[100 * c for c in ci], marker="o", capsize=2, label=r["name"])
-    ax.axhline(98.7, color="grey", linestyle="--", label="paper, MAML (60k iterations)")
-    ax.axhline(20, color="grey", linestyle=":", label="chance")
-    ax.set_xlabel("meta-training iterations (meta-batch 32)")
-    ax.set_ylabel("val accuracy, 5-way 1-shot (%)")
-    ax.set_title("Omniglot 5-way 1-shot, Conv4, CPU budget")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+        figures = {
+            "learner": r["name"], "setting": "omniglot 5w1s", "split": "vinyals (the default)",
+            "acc": round(100 * test["test/acc"], 2), "ci95": round(100 * test["test/acc_ci95"], 2),
+            "test_episodes": 600,
+            "train_steps": r["steps"], "wall_min": round(r["train_wall"] / 60, 1), "paper": PAPER[r["name"]],
+            "curve": [[s, round(100 * a, 2), round(100 * c, 2)] for s, a, c in r["curve"]],
+            "note": f"{per_step:.2f} s/iteration incl. validation; execution={args.execution}",
+        }  # fmt: skip
+        budget = {"minutes": args.minutes}
+        record_result("omniglot_accuracy", "accuracy", figures, budget=budget, results_dir=args.results)
+    print("\nrecorded in omniglot_accuracy.jsonl; python benchmarks/report.py draws the curves")
 
 
 if __name__ == "__main__":

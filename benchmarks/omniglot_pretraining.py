@@ -12,12 +12,12 @@ The pipeline of issue 16, each stage through the real CLI (``lit-meta fit``, ``t
    (``configs/<learner>/omniglot_<setting>.yaml``).
 
 Every run stops at ``trainer.max_time`` and tests its best validation checkpoint. The script
-prints a table, keeps each run's figures in ``<out>/logs/<run>/result.json`` and draws the
-validation curves of every run into ``<out>/omniglot_pretraining_curves.png``.
+prints a table, keeps each run's figures in ``<out>/logs/<run>/result.json`` and records each
+run as an ``accuracy`` line in ``benchmarks/results/pretraining.jsonl`` (validation curve
+included; ``python benchmarks/report.py`` draws the curves).
 
     python benchmarks/omniglot_pretraining.py --stages baseline leo_features --minutes 12 6
     python benchmarks/omniglot_pretraining.py --stages meta_lstm --settings 5w1s --minutes 12 --threads 1
-    python benchmarks/omniglot_pretraining.py --plot-only
 
 Omniglot is read from ``--data`` (default ``../shared/data``), decoded once into ``--cache``.
 """
@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from results_log import record_result
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("baseline", "baseline_plus_plus", "leo_features", "leo", "meta_lstm")
@@ -162,28 +164,24 @@ def from_scratch(learner: str, minutes: int, args: argparse.Namespace) -> list[d
     return results
 
 
-def plot(out: Path) -> None:
-    """The validation curve of every run recorded under ``out/logs``, one PNG."""
-    import matplotlib
+LEARNERS = {"baseline": "Baseline", "baseline_plus_plus": "Baseline++", "leo_features": "LEO", "leo": "LEO",
+            "meta_lstm": "Meta-learner LSTM"}  # fmt: skip
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for path in sorted((out / "logs").glob("*/result.json")):
-        r = json.loads(path.read_text())
-        if not r.get("curve"):
-            continue
-        steps, accs = zip(*r["curve"], strict=True)
-        ax.plot(steps, [100 * a for a in accs], marker="o", markersize=2, label=f"{r['run']} (test {r['acc']:.2f}%)")
-    ax.set_xscale("symlog", linthresh=100)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Omniglot 5-way on a 2-core CPU (benchmarks/omniglot_pretraining.py)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "omniglot_pretraining_curves.png", dpi=100)
+def record(stage: str, r: dict, args: argparse.Namespace) -> None:
+    """One ``accuracy`` line for ``report.py`` (its validation curve included when the run trained)."""
+    setting = "5w1s" if "5w1s" in r["run"] else "5w5s"
+    variant = {"leo_features": "on the pre-trained Baseline's features", "leo": "end to end"}.get(stage, "")
+    figures = {
+        "learner": LEARNERS[stage], "setting": f"omniglot {setting}", "split": "the config's",
+        "acc": round(r["acc"], 2), "ci95": round(r["ci95"], 2), "test_episodes": r["episodes"],
+        "train_steps": r.get("steps"), "wall_min": round(r["wall_s"] / 60, 1),
+        "curve": [[step, round(100 * acc, 2), None] for step, acc in r.get("curve", [])] or None,
+        "variant": f"{variant}, {r['run']}".strip(", "),
+        "note": ("" if "minutes" in r else "a test of the trained checkpoint; ") + f"lit-meta command: {r['command']}",
+    }  # fmt: skip
+    budget = {"minutes": r["minutes"]} if "minutes" in r else None
+    record_result("pretraining", "accuracy", figures, budget=budget)
 
 
 def main() -> None:
@@ -206,11 +204,7 @@ def main() -> None:
         help="instead of training: test the checkpoint of the recorded RUN again with one more lit-meta option "
         "without its leading dashes (e.g. meta_lstm_5w1s model.init_args.eval_batch_norm=query_batch); repeatable",
     )  # fmt: skip
-    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from the recorded runs")
     args = parser.parse_args()
-    if args.plot_only:
-        plot(args.out)
-        return
     if args.retest:
         for run, override in args.retest:
             recorded = json.loads((args.out / "logs" / run / "result.json").read_text())
@@ -218,6 +212,7 @@ def main() -> None:
             data = [*image_data_arguments(config, args), f"--{override}"]
             suffix = override.rsplit("=", 1)[-1]
             r = test(f"{run}_test_{suffix}", config, recorded["checkpoint"], data, args)
+            record(next(stage for stage in sorted(STAGES, key=len, reverse=True) if run.startswith(stage)), r, args)
             print(
                 f"| {r['run']} | {r['acc']:.2f} ± {r['ci95']:.2f} | {override} | {r['wall_s'] / 60:.1f} min |",
                 flush=True,
@@ -238,16 +233,13 @@ def main() -> None:
         else:
             results = from_scratch(stage, minutes[stage], args)
         for r in results:
+            record(stage, r, args)
             budget = f"{r['minutes']} min" if "minutes" in r else "(test of the checkpoint above)"
             print(
                 f"| {r['run']} | {r['acc']:.2f} ± {r['ci95']:.2f} | {budget} | {r.get('steps', '')} "
                 f"| {r['wall_s'] / 60:.1f} min |",
                 flush=True,
             )
-    try:
-        plot(args.out)
-    except ImportError:
-        print(f"matplotlib is not installed here: draw the figure with {sys.argv[0]} --plot-only where it is")
 
 
 if __name__ == "__main__":

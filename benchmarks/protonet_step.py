@@ -59,6 +59,7 @@ import time
 from pathlib import Path
 
 from peak_rss import current_rss_mb, peak_rss_mb
+from results_log import record_result
 from subprocess_runs import JEMALLOC, allocator_environment_note, run_configuration
 
 HERE = Path(__file__).resolve().parent
@@ -210,7 +211,7 @@ def main() -> None:
                     print(f"{setup}, {name}: skipped" + ("" if args.peer_python else " (no --peer-python)"))
                     continue
                 results.setdefault(setup, {})[name] = result
-        report(results)
+        report(results, args)
 
 
 def max_diffs(ours: Path, theirs: Path) -> tuple[float, float]:
@@ -222,7 +223,21 @@ def max_diffs(ours: Path, theirs: Path) -> tuple[float, float]:
     return abs(a["loss"] - b["loss"]), grad
 
 
-def report(results: dict[str, dict[str, dict]]) -> None:
+def record_speed(
+    setup: str, ours: dict, peer: str, theirs: dict, diffs: tuple[float, float], args: argparse.Namespace
+) -> None:
+    """One ``speed`` line for ``report.py``: lit-meta's episode next to a peer's, measured in this run."""
+    ours_s, peer_s = statistics.median(ours["times"]), statistics.median(theirs["times"])
+    figures = {
+        "what": "ProtoNet training episode", "learner": "ProtoNet", "setting": f"omniglot-shaped {setup}",
+        "ours_s": round(ours_s, 4), "peer": peer, "peer_s": round(peer_s, 4), "ratio": round(peer_s / ours_s, 2),
+        "ours_peak_mb": round(ours["peak_rss_mb"]), "peer_peak_mb": round(theirs["peak_rss_mb"]), "run": args.allocator,
+        "note": f"max abs loss diff {diffs[0]:.1e}, grad diff {diffs[1]:.1e}",
+    }  # fmt: skip
+    record_result("speed", "speed", figures, budget={"steps": args.steps, "warmup": args.warmup})
+
+
+def report(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> None:
     print("\n| setup | implementation | median s/episode | episodes/s | peak RSS MB (at start) | peer s / lit-meta s "
           "| max abs loss diff | max abs grad diff | max abs grad err vs float64 |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -236,6 +251,8 @@ def report(results: dict[str, dict[str, dict]]) -> None:
                 ratio = f"{median / statistics.median(ours['times']):.2f}x"
                 loss, grad = max_diffs(ours["grads"], r["grads"])
                 loss_diff, grad_diff = f"{loss:.1e}", f"{grad:.1e}"
+                if name in PEERS:
+                    record_speed(setup, ours, name, r, (loss, grad), args)
             if reference:
                 error = f"{max_diffs(reference['grads'], r['grads'])[1]:.1e}"
             rss = f"{r['peak_rss_mb']:.0f} ({r['start_rss_mb']:.0f})"

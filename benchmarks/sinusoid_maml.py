@@ -7,9 +7,11 @@ meta-batch 25; Adam with meta learning rate 1e-3. The baseline is the same netwo
 fine-tuned on the K points with SGD like MAML at test time.
 
 Reports the test MSE on 600 held-out tasks after 0, 1 and 10 gradient steps (mean and 95%
-CI), the iterations and CPU time, and writes a figure like the paper's Figure 3.
+CI) and the iterations and CPU time, and records them, with the fits of one held-out task
+after 0, 1 and 10 steps (the paper's Figure 2), as a ``sinusoid`` line in
+``benchmarks/results/sinusoid.jsonl``; ``python benchmarks/report.py`` draws the figure.
 
-    python benchmarks/sinusoid_maml.py --iterations 20000 --out benchmarks/results
+    python benchmarks/sinusoid_maml.py --iterations 20000
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from lit_meta.data.datasets import SinusoidTasks
 from lit_meta.functional import adapt, adaptable_parameters, functional_forward, task_buffers
 from lit_meta.learners import MAML
 from lit_meta.metrics import Z_95
+from results_log import record_result
 
 
 def fine_tuned(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, torch.Tensor]:
@@ -74,8 +77,8 @@ def pretrain_baseline(iterations: int, seed: int) -> torch.nn.Module:
     return net
 
 
-def summary(errors: np.ndarray) -> str:
-    return f"{errors.mean():.3f} ± {Z_95 * errors.std(ddof=1) / np.sqrt(len(errors)):.3f}"
+def mean_ci(errors: np.ndarray) -> tuple[float, float]:
+    return float(errors.mean()), float(Z_95 * errors.std(ddof=1) / np.sqrt(len(errors)))
 
 
 def main() -> None:
@@ -84,7 +87,7 @@ def main() -> None:
     parser.add_argument("--test-tasks", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--results", type=Path, default=None, help="where to record (default benchmarks/results)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print("command:", " ".join([os.path.basename(sys.executable), *sys.argv]))
@@ -112,47 +115,43 @@ def main() -> None:
 
     dm.setup("test")
     test_batch = collate_episodes([EpisodeDataset(dm.splits["test"])[plan] for plan in dm.samplers["test"]])
-    rows = []
-    for name, net in (("MAML", maml.backbone), ("pretrained", baseline)):
-        for steps in (0, 1, 10):
-            errors = fine_tune_mse(net, test_batch, steps)
-            rows.append((name, steps, summary(errors)))
+    models = {"MAML": maml.backbone, "pretrained on all tasks": baseline}
+    mse = {name: {str(steps): mean_ci(fine_tune_mse(net, test_batch, steps)) for steps in (0, 1, 10)}
+           for name, net in models.items()}  # fmt: skip
     print(f"\ntest MSE over {args.test_tasks} tasks, K=10, SGD step 0.01 (mean ± 95% CI)")
     print("| model | 0 steps | 1 step | 10 steps |\n| --- | --- | --- | --- |")
-    for name in ("MAML", "pretrained"):
-        print(f"| {name} | " + " | ".join(r[2] for r in rows if r[0] == name) + " |")
+    for name, by_steps in mse.items():
+        print(f"| {name} | " + " | ".join(f"{m:.3f} ± {ci:.3f}" for m, ci in by_steps.values()) + " |")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(maml.backbone, baseline, args.out / "sinusoid_maml.png", args.seed)
-    print(f"\nfigure: {args.out / 'sinusoid_maml.png'}")
+    figures = {"k_shot": 10, "test_tasks": args.test_tasks, "inner_steps_train": 1, "alpha": 0.01, "meta_batch": 25,
+               "iterations": args.iterations, "mse": mse, "fits": fits(models, args.seed),
+               "maml_wall_s": round(maml_wall), "maml_cpu_s": round(maml_cpu)}  # fmt: skip
+    record_result("sinusoid", "sinusoid", figures, budget={"iterations": args.iterations}, results_dir=args.results)
+    print("\nrecorded in sinusoid.jsonl; python benchmarks/report.py draws the figure")
 
 
-def plot(maml_net: torch.nn.Module, baseline: torch.nn.Module, path: Path, seed: int) -> None:
-    """Figure 3 of the paper: one test task, K=10 points, fits after 0, 1 and 10 steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def fits(models: dict[str, torch.nn.Module], seed: int) -> dict[str, object]:
+    """The paper's Figure 2: one held-out task, its K=10 points, each model's fit after 0, 1 and 10 steps."""
     tasks = SinusoidTasks()
     rng = np.random.default_rng(seed + 1234)
     task = tasks.sample_task(rng)
     support_x = torch.from_numpy(tasks.sample_inputs(rng, 10)).float()
     support_y = torch.from_numpy(tasks.evaluate(task, support_x.double().numpy())).float()
     grid = torch.linspace(-5, 5, 200)[:, None]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, (title, net) in zip(axes, (("MAML", maml_net), ("pretrained", baseline)), strict=True):
-        ax.plot(grid, tasks.evaluate(task, grid.double().numpy()), "r", label="ground truth")
-        for steps, style in ((0, ":"), (1, "--"), (10, "-")):
+    curves: dict[str, dict[str, list[float]]] = {}
+    for name, net in models.items():
+        curves[name] = {}
+        for steps in (0, 1, 10):
             adapted = fine_tuned(net, support_x, support_y, steps)
             with torch.no_grad():
-                prediction = functional_forward(net, adapted, task_buffers(net), grid)
-            ax.plot(grid, prediction, "g" + style, label=f"{steps} grad steps")
-        ax.plot(support_x, support_y, "k^", label="K=10 points")
-        ax.set_title(f"{title}, K=10")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+                curves[name][str(steps)] = functional_forward(net, adapted, task_buffers(net), grid).flatten().tolist()
+    return {
+        "x": grid.flatten().tolist(),
+        "target": tasks.evaluate(task, grid.double().numpy()).flatten().tolist(),
+        "support_x": support_x.flatten().tolist(),
+        "support_y": support_y.flatten().tolist(),
+        "models": curves,
+    }
 
 
 if __name__ == "__main__":
