@@ -136,8 +136,9 @@ def group_by(lines: list[dict[str, Any]], key: Any) -> dict[str, list[dict[str, 
     return groups
 
 
-def table_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+def table_row(cells: list[Any]) -> str:
+    """A markdown table row; a ``|`` inside a cell is escaped."""
+    return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
 
 def verdict(ours: float, ci: float | None, reference: float) -> str:
@@ -223,7 +224,7 @@ class Report:
                     difference = f"{f['acc'] - f['paper']['acc']:+.2f}"
                     verdicts.append(verdict(f["acc"], f.get("ci95"), f["paper"]["acc"]))
                 else:
-                    verdicts.append("no paper figure for this setting")
+                    verdicts.append("no paper figure")
                 if f.get("status"):
                     verdicts.append(f["status"])
             if peer is not None:
@@ -234,10 +235,7 @@ class Report:
                 verdicts.append(f"agrees with {p['peer']}" if p.get("agree") else f"disagrees with {p['peer']}")
                 if line is None:
                     budget = budget_text(peer.get("budget"))
-            self.md.append(
-                f"| {key[0]} | {key[1]} | {ours} | {paper} | {difference} | {peer_text} | "
-                f"{'; '.join(verdicts) or '-'} | {budget} |"
-            )
+            self.md.append(table_row([*key, ours, paper, difference, peer_text, "; ".join(verdicts) or "-", budget]))
         self.md.append("")
 
     def accuracy(self) -> None:
@@ -300,11 +298,9 @@ class Report:
             f = line["figures"]
             ours, theirs = f["series"]["lit-meta"][-1], f["series"][f["peer"]][-1]
             grad = f.get("gradient_max_abs_diff")
-            self.md.append(
-                f"| {f['learner']} | {f['setting']} | {f['peer']} | {acc_text(ours[1], ours[2])} | "
-                f"{acc_text(theirs[1], theirs[2])} | {'-' if grad is None else f'{grad:.1e}'} | "
-                f"{'yes' if f.get('agree') else 'no'} | {f.get('note') or '-'} |"
-            )
+            cells = [f["learner"], f["setting"], f["peer"], acc_text(*ours[1:3]), acc_text(*theirs[1:3])]
+            cells += ["-" if grad is None else f"{grad:.1e}", "yes" if f.get("agree") else "no", f.get("note") or "-"]
+            self.md.append(table_row(cells))
         self.md.append("")
         for line in lines:
             f = line["figures"]
@@ -427,7 +423,7 @@ class Report:
                     "| " + " | ".join(f["columns"]) + " |",
                     "| " + " | ".join("---" for _ in f["columns"]) + " |",
                 ]
-                self.md += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in f["rows"]]
+                self.md += [table_row(row) for row in f["rows"]]
                 self.md.append("")
                 if f.get("note"):
                     self.md += [f["note"], ""]
