@@ -9,7 +9,9 @@ characters; for MANN's own setup (``configs/mann/omniglot_5w10s.yaml``: 5-way ep
 10 presentations per class, 20x20 images) that gives the accuracy at the 1st, 2nd, 3rd,
 4th, 5th and 10th presentation (Santoro et al., 2016, Table 1), and a second test gives
 the standard 5-way 1-shot query accuracy (``--data.eval_shots 1``). Prints the figures
-next to the paper's, writes ``<name>_result.json`` and a PNG of the training curves.
+next to the paper's, records them as ``accuracy`` lines in ``benchmarks/results/model_based.jsonl``
+(for ``python benchmarks/report.py``), and writes ``<name>_result.json`` and a PNG of the
+training accuracy by presentation, which the report does not draw.
 
     python benchmarks/omniglot_sequence.py --config configs/mann/omniglot_5w10s.yaml --minutes 90
     python benchmarks/omniglot_sequence.py --config configs/snail/omniglot_5w1s.yaml --minutes 35 \
@@ -37,6 +39,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from results_log import record_result
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCES = (1, 2, 3, 4, 5, 10)
@@ -195,6 +199,33 @@ def report(result: dict) -> None:
         print(f"5-way 1-shot query accuracy: {100 * one_shot['test/acc']:.2f} ± {100 * one_shot['test/acc_ci95']:.2f}")
 
 
+def record(result: dict, args: argparse.Namespace) -> None:
+    """``accuracy`` lines for ``report.py``: the query accuracy (MANN: the 10th presentation, and 5-way 1-shot)."""
+    config, test = result["config"], result["test"]
+    learner = config.split("/")[0].upper()
+    ways, shots = config.removesuffix(".yaml").split("_")[-1].replace("s", "").split("w")
+    common = {"learner": learner, "test_episodes": int(float(test.get("test/episodes", 600))),
+              "train_steps": result["steps"], "train_episodes": result["steps"] * result["episodes_per_step"],
+              "note": f"lit-meta command: {result['fit_command']}"}  # fmt: skip
+    budget = {"steps": result["steps"]} if args.run_dir else {"minutes": args.minutes}
+    lines = []
+    if "test/acc_instance_10" in test:
+        paper = {"acc": MANN_PAPER["MANN"][-1], "source": "Santoro et al. 2016, Table 1"}
+        lines.append({**common, "setting": f"omniglot {ways}w{shots}s (10th presentation)", "paper": paper,
+                      "acc": round(100 * test["test/acc_instance_10"], 2),
+                      "ci95": round(100 * test["test/acc_instance_10_ci95"], 2)})  # fmt: skip
+    else:
+        paper = {"acc": result["paper"], "source": "Mishra et al. 2018, Table 1"} if result["paper"] else None
+        lines.append({**common, "setting": f"omniglot {ways}w{shots}s", "paper": paper,
+                      "acc": round(100 * test["test/acc"], 2),
+                      "ci95": round(100 * test["test/acc_ci95"], 2)})  # fmt: skip
+    if one_shot := result.get("one_shot"):
+        lines.append({**common, "setting": f"omniglot {ways}w1s", "acc": round(100 * one_shot["test/acc"], 2),
+                      "ci95": round(100 * one_shot["test/acc_ci95"], 2)})  # fmt: skip
+    for figures in lines:
+        record_result("model_based", "accuracy", figures, budget=budget)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
@@ -240,6 +271,7 @@ def main() -> None:
         result["one_shot"] = test(args.config, checkpoint, args.out / "logs" / f"{name}_test_5w1s", extra, args)
     result_path.write_text(json.dumps(result, indent=1))
     report(result)
+    record(result, args)
     try:
         plot(result, png)
     except ImportError:
