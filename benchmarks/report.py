@@ -53,6 +53,7 @@ import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
 LEVEL_POINTS = 1.0  # the issue's target: within 1 point of the paper (5-way 1-shot)
+SPEED_LEVEL = 0.10  # a speed ratio within 10% of 1 is "level"
 PNG_METADATA = {"Software": None}
 NOTES = [
     ("episode_pipeline.md", "episode pipeline, procedural glyphs, 84x84 episodes and augmentation (issues 2, 18)"),
@@ -139,6 +140,13 @@ def group_by(lines: list[dict[str, Any]], key: Any) -> dict[str, list[dict[str, 
 def table_row(cells: list[Any]) -> str:
     """A markdown table row; a ``|`` inside a cell is escaped."""
     return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+
+def speed_verdict(ratio: float) -> str:
+    """ "level" within ``SPEED_LEVEL`` of 1, else "ahead (1.3x)" or "behind (0.8x)"."""
+    if abs(ratio - 1) <= SPEED_LEVEL:
+        return "level"
+    return f"{'ahead' if ratio > 1 else 'behind'} ({ratio:.2f}x)"
 
 
 def verdict(ours: float, ci: float | None, reference: float) -> str:
@@ -237,6 +245,33 @@ class Report:
                     budget = budget_text(peer.get("budget"))
             self.md.append(table_row([*key, ours, paper, difference, peer_text, "; ".join(verdicts) or "-", budget]))
         self.md.append("")
+
+    def speed_summary(self) -> None:
+        """Per timed thing next to a peer: the latest ratio, the range over every recorded run, a verdict."""
+        lines = [line for line in by_date(self.of("speed")) if line["figures"].get("ratio") is not None]
+        if not lines:
+            return
+        self.md += [
+            "| speed: what | setting | peer | latest ratio (run, date) | range over runs | peak MB lit-meta / peer | "
+            "verdict |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        keys = group_by(
+            lines, lambda line: (line["figures"]["what"], line["figures"]["setting"], line["figures"]["peer"])
+        )
+        for (what, setting, peer), group in sorted(keys.items()):
+            f = group[-1]["figures"]
+            ratios = [line["figures"]["ratio"] for line in group]
+            latest = f"{f['ratio']:.2f}x ({f.get('run') or '-'}, {(group[-1].get('date') or '')[:10]})"
+            peaks = f"{fmt(f.get('ours_peak_mb'), 0)} / {fmt(f.get('peer_peak_mb'), 0)}"
+            span = f"{min(ratios):.2f}-{max(ratios):.2f}x ({len(ratios)})"
+            self.md.append(table_row([what, setting, peer, latest, span, peaks, speed_verdict(f["ratio"])]))
+        self.md += [
+            "",
+            f'Ratio: the peer\'s time over ours in the same run (>1: lit-meta is faster); "level" within '
+            f"{SPEED_LEVEL:.0%}, since runs on this machine vary by about ±15%.",
+            "",
+        ]
 
     def accuracy(self) -> None:
         lines = self.of("accuracy")
@@ -455,6 +490,7 @@ class Report:
     def write(self) -> None:
         self.header()
         self.summary()
+        self.speed_summary()
         self.accuracy()
         self.speed()
         self.side_by_side()

@@ -75,7 +75,7 @@ support loss before it by this factor: a wide margin, as the two are measured on
 ADAPTATION_GROWTH_STEPS = 5
 """... in this many consecutive training steps: at initialisation a good step size may overshoot for a step
 or two, while one too high for the network overshoots at every step (the ratios measured for Conv4 on the
-glyphs and for the sinusoid MLP are in ``benchmarks/RESULTS.md``, "The adaptation-growth warning")."""
+glyphs and for the sinusoid MLP are in ``benchmarks/notes/guards.md``, "The adaptation-growth warning")."""
 ADAM_BETAS = (0.0, 0.999)
 """The inner Adam's betas: Reptile's reference code sets ``beta1=0`` (Nichol et al., 2018)."""
 
