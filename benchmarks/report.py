@@ -70,6 +70,7 @@ NOTES = [
     ("model_based.md", "MANN, SNAIL and MetaNet on Omniglot (issue 15)"),
     ("pretraining.md", "Baseline, Baseline++, Meta-learner LSTM and LEO on Omniglot (issue 16)"),
     ("guards.md", "the non-finite guard's cost and the adaptation-growth warning (issue 17)"),
+    ("evaluation_speed.md", "batched, vmapped or compiled evaluation of MAML against learn2learn (issue 19)"),
 ]
 
 
