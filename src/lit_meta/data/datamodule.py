@@ -12,6 +12,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from lit_meta.data.affine import AffineDistortion
 from lit_meta.data.augmentation import EpisodeAugmentation
 from lit_meta.data.datasets import MetaDataset, build_dataset
 from lit_meta.data.datasets.base import SPLIT_NAMES, ClassIndexedDataset, SplitName, TaskDistribution
@@ -105,7 +106,11 @@ class EpisodicDataModule(L.LightningDataModule):
             split, e, i)``, in any worker and after a resume. In YAML:
             ``augmentation: {horizontal_flip: 0.0}`` (unnamed fields keep their
             defaults); the hyperparameters keep its fields as a plain mapping, which
-            this argument also accepts. Default ``None``: no augmentation.
+            this argument also accepts. Or
+            :class:`~lit_meta.data.affine.AffineDistortion`, Koch et al.'s (2015) random
+            affine distortions, in YAML ``augmentation: {class_path:
+            lit_meta.data.AffineDistortion, init_args: {...}}`` (its hyperparameters keep
+            that form). Default ``None``: no augmentation.
         normalize: normalise the items of every split per channel with the dataset's
             published statistics (:meth:`~lit_meta.data.datasets.MetaDataset.normalization`),
             after any augmentation; checkpoints then store them with the image
@@ -136,7 +141,7 @@ class EpisodicDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         support_order: SupportOrder = "by_class",
-        augmentation: EpisodeAugmentation | None = None,
+        augmentation: EpisodeAugmentation | AffineDistortion | None = None,
         normalize: bool = False,
     ) -> None:
         super().__init__()
@@ -144,10 +149,10 @@ class EpisodicDataModule(L.LightningDataModule):
             # Kept as an import path: a function pickled into checkpoints breaks weights_only=True loading.
             dataset_kwargs = {**dataset_kwargs, "transform": transform_path(dataset_kwargs["transform"])}
         if isinstance(augmentation, Mapping):  # the form the hyperparameters keep
-            augmentation = EpisodeAugmentation(**augmentation)
+            augmentation = _augmentation_from_mapping(augmentation)
         self.augmentation = augmentation
-        # Kept as its fields, plain values: a dataclass pickled into checkpoints breaks weights_only=True loading.
-        augmentation = None if augmentation is None else dataclasses.asdict(augmentation)  # type: ignore[assignment]
+        # Kept as plain values: a dataclass pickled into checkpoints breaks weights_only=True loading.
+        augmentation = _augmentation_mapping(augmentation)  # type: ignore[assignment]
         self.save_hyperparameters(ignore=[] if isinstance(dataset, str) else ["dataset"])
         for option, size in (("meta_batch_size", meta_batch_size), ("eval_meta_batch_size", eval_meta_batch_size)):
             if size is not None and size < 1:
@@ -410,3 +415,27 @@ def _unfilled_step_message(meta_batch_size: int, train_episodes: int, per_rank: 
         f"meta_batch_size={meta_batch_size} but {drawn}: every training step would hold {per_rank} tasks, not "
         f"{meta_batch_size}. Raise train_episodes to at least {needed}, or lower meta_batch_size to at most {per_rank}"
     )
+
+
+def _augmentation_mapping(augmentation: EpisodeAugmentation | AffineDistortion | None) -> dict[str, Any] | None:
+    """The plain values the hyperparameters keep: an :class:`EpisodeAugmentation`'s fields (the
+    older form), any other augmentation as ``{"class_path", "init_args"}``."""
+    if augmentation is None or isinstance(augmentation, EpisodeAugmentation):
+        return None if augmentation is None else dataclasses.asdict(augmentation)
+    cls = type(augmentation)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dataclasses.asdict(augmentation)}
+
+
+def _augmentation_from_mapping(values: Mapping[str, Any]) -> EpisodeAugmentation | AffineDistortion:
+    """The augmentation a mapping of :func:`_augmentation_mapping` describes (only lit-meta's classes)."""
+    if "class_path" not in values:
+        return EpisodeAugmentation(**values)
+    classes = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in (EpisodeAugmentation, AffineDistortion)}
+    classes |= {f"lit_meta.data.{cls.__name__}": cls for cls in classes.values()}
+    cls = classes.get(str(values["class_path"]))
+    if cls is None:
+        raise AugmentationError(
+            f"augmentation class_path {values['class_path']!r}: use lit_meta.data.EpisodeAugmentation or "
+            "lit_meta.data.AffineDistortion"
+        )
+    return cls(**(values.get("init_args") or {}))

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_meta.data.affine import AffineDistortion
 from lit_meta.data.augmentation import EpisodeAugmentation
 from lit_meta.data.datasets.base import ClassIndexedDataset, TaskDistribution
 from lit_meta.data.preprocessing import Statistics, normalize
@@ -142,7 +143,7 @@ class EpisodeDataset(torch.utils.data.Dataset[Episode]):
     def __init__(
         self,
         source: ClassIndexedDataset | TaskDistribution,
-        augmentation: EpisodeAugmentation | None = None,
+        augmentation: EpisodeAugmentation | AffineDistortion | None = None,
         normalization: Statistics | None = None,
     ) -> None:
         self.source = source
