@@ -44,8 +44,11 @@ class SiameseNet(MetricMetaLearner):
     and a 4096-unit sigmoid layer as the embedding, trained on pairs with
     affine distortions by SGD with momentum and layer-wise L2 regularisation;
     92% 20-way 1-shot accuracy within Omniglot's evaluation alphabets. Here any
-    embedding network (e.g. ``Conv4(out_features=None)``) and the outer
-    optimiser of :class:`MetaLearner` are used, on episodes.
+    embedding network (e.g. ``Conv4(out_features=None)``, or the paper's,
+    :class:`~lit_meta.backbones.KochSiameseNet`) and the outer optimiser of
+    :class:`MetaLearner` are used, on episodes; the paper's distortions are
+    :class:`~lit_meta.data.AffineDistortion`, the datamodule's ``augmentation``
+    (``configs/siamese/omniglot_koch_*.yaml`` put the three together).
 
     Args:
         backbone: an embedding network, ``[N, *item_shape] -> [N, D]`` (no head).
