@@ -113,6 +113,14 @@ def data_config(config: Path) -> dict:
     return yaml.safe_load(config.read_text())["data"]
 
 
+def curve_status(curve: list[tuple[int, float]]) -> str | None:
+    """``"still rising"`` when the best validation accuracy came in the last fifth of the validated steps."""
+    if len(curve) < 5:
+        return None
+    best_step = max(curve, key=lambda point: point[1])[0]
+    return "still rising" if best_step >= curve[-1][0] - (curve[-1][0] - curve[0][0]) / 5 else None
+
+
 def record(r: dict, args: argparse.Namespace) -> None:
     """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
     paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
@@ -122,7 +130,8 @@ def record(r: dict, args: argparse.Namespace) -> None:
         "train_steps": r["steps"], "wall_min": round(r["wall_s"] / 60, 1),
         "paper": None if paper is None else {"acc": paper, "source": SOURCES[r["learner"]]},
         "curve": [[step, round(100 * acc, 2), None] for step, acc in r["curve"]],
-        "note": f"allocator {args.allocator}; lit-meta command: {r['command']}",
+        "status": curve_status(r["curve"]),
+        "note": f"allocator {args.allocator}, {args.threads or 'default'} threads; lit-meta command: {r['command']}",
     }  # fmt: skip
     record_result("omniglot_accuracy", "accuracy", figures, budget={"minutes": r["minutes"]})
 
