@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Recreate the "peer" Python environment holding learn2learn 0.2.0, used ONLY to time
-# learn2learn's MAML next to lit-meta in the benchmarks. Documentation + automation for
+# Recreate a "peer" Python environment holding learn2learn 0.2.0 (default) or easyfsl 1.5.0
+# (PEER_LIBRARY=easyfsl), used ONLY to run those libraries next to lit-meta in the benchmarks. Documentation + automation for
 # benchmark sessions: the project's tests/CI never need it, and it never touches the
 # project's own venv or dependencies.
 #
 # Usage:   bash benchmarks/peer_env.sh            # idempotent; re-running is cheap
 #          PEER_VENV=/some/dir bash benchmarks/peer_env.sh
+#          PEER_LIBRARY=easyfsl bash benchmarks/peer_env.sh   # the easyfsl env (side_by_side.py)
 #
 # Env vars (all optional):
-#   PEER_VENV         target venv                          (default /work/peer/venv)
+#   PEER_LIBRARY      learn2learn (default) or easyfsl
+#   PEER_VENV         target venv  (default /work/peer/venv; /work/peer/easyfsl-venv for easyfsl)
 #   PEER_BUILD        scratch dir for sdist/build venv/wheel (default $(dirname PEER_VENV)/build)
 #   PEER_BASE_PYTHON  interpreter the venvs are made from  (default python3; needs 3.11)
 #   PEER_SKIP_APT=1   do not apt-get install libjemalloc2
@@ -18,6 +20,8 @@
 #   $PEER_VENV/bin/python             the peer interpreter (torch 2.13.0+cpu, numpy, learn2learn 0.2.0)
 #   $PEER_VENV/l2l-stubs/torchvision  minimal import-time stub (see below); put it on PYTHONPATH
 #   $PEER_VENV/bin/python-l2l         wrapper = PYTHONPATH=$PEER_VENV/l2l-stubs exec $PEER_VENV/bin/python
+#   (easyfsl: torch 2.13.0+cpu, numpy, easyfsl 1.5.0 --no-deps; the stub in $PEER_VENV/easyfsl-stubs,
+#    the wrapper $PEER_VENV/bin/python-easyfsl)
 #   /usr/lib/x86_64-linux-gnu/libjemalloc.so.2   (Debian libjemalloc2) for LD_PRELOAD runs
 #
 # Why the build is unusual:
@@ -37,9 +41,19 @@
 #     import time lives in $PEER_VENV/l2l-stubs (outside site-packages: it is visible only
 #     when that dir is on PYTHONPATH, e.g. via bin/python-l2l). Every stub class/function
 #     raises if actually used, so nothing can silently run on fake torchvision code.
+#   * easyfsl 1.5.0 requires torchvision, matplotlib, pandas and tqdm, but `easyfsl.methods`
+#     (all the benchmarks use) imports only torch and, through easyfsl.modules, the names
+#     torchvision.models.resnet.{BasicBlock,Bottleneck,conv1x1,conv3x3} (in type hints and
+#     the ResNet builders). It is installed with --no-deps and the same stub, which has those too.
 set -euo pipefail
 
-PEER_VENV="${PEER_VENV:-/work/peer/venv}"
+PEER_LIBRARY="${PEER_LIBRARY:-learn2learn}"
+case "$PEER_LIBRARY" in
+  learn2learn) SHORT=l2l; DEFAULT_VENV=/work/peer/venv ;;
+  easyfsl) SHORT=easyfsl; DEFAULT_VENV=/work/peer/easyfsl-venv ;;
+  *) echo "peer_env.sh: PEER_LIBRARY must be learn2learn or easyfsl, not $PEER_LIBRARY" >&2; exit 2 ;;
+esac
+PEER_VENV="${PEER_VENV:-$DEFAULT_VENV}"
 PEER_BUILD="${PEER_BUILD:-$(dirname "$PEER_VENV")/build}"
 PEER_BASE_PYTHON="${PEER_BASE_PYTHON:-python3}"
 TORCH_SPEC="torch==2.13.0"       # must come first so pip never resolves a CUDA torch
@@ -47,6 +61,7 @@ NUMPY_SPEC="numpy==2.4.6"        # same numpy as the project venv at the time of
 L2L_VERSION="0.2.0"
 CYTHON_SPEC="cython>=3.0,<4"     # 3.3.1 used when this was written
 RUNTIME_DEPS=(requests tqdm "gym==0.26.2" scipy pillow)
+EASYFSL_SPEC="easyfsl==1.5.0"
 
 # --- guard: never touch the project's own venv -------------------------------------------
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -78,10 +93,11 @@ fi
 PPY="$PEER_VENV/bin/python"
 "$PPY" -m pip install -q "$TORCH_SPEC"
 "$PPY" -m pip install -q "$NUMPY_SPEC"
-"$PPY" -m pip install -q "${RUNTIME_DEPS[@]}"
+if [[ "$PEER_LIBRARY" == learn2learn ]]; then "$PPY" -m pip install -q "${RUNTIME_DEPS[@]}"; fi
+if [[ "$PEER_LIBRARY" == easyfsl ]]; then "$PPY" -m pip install -q --no-deps "$EASYFSL_SPEC"; fi
 
 # --- learn2learn 0.2.0: rebuild Cython extensions from the .pyx ------------------------------
-if ! "$PPY" -c "import importlib.metadata as m, sys; sys.exit(m.version('learn2learn') != '$L2L_VERSION')" 2>/dev/null; then
+if [[ "$PEER_LIBRARY" == learn2learn ]] && ! "$PPY" -c "import importlib.metadata as m, sys; sys.exit(m.version('learn2learn') != '$L2L_VERSION')" 2>/dev/null; then
   mkdir -p "$PEER_BUILD/wheels"
   wheel="$(ls "$PEER_BUILD"/wheels/learn2learn-"$L2L_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
   if [[ -z "$wheel" ]]; then
@@ -103,8 +119,8 @@ if ! "$PPY" -c "import importlib.metadata as m, sys; sys.exit(m.version('learn2l
 fi
 
 # --- torchvision import-time stub (peer env only, opt-in through PYTHONPATH) -----------------
-STUBS="$PEER_VENV/l2l-stubs"
-mkdir -p "$STUBS/torchvision/datasets"
+STUBS="$PEER_VENV/$SHORT-stubs"
+mkdir -p "$STUBS/torchvision/datasets" "$STUBS/torchvision/models"
 cat > "$STUBS/torchvision/_stub.py" <<'EOF'
 """Stub helpers: placeholders that fail loudly if learn2learn ever uses them at run time."""
 
@@ -130,10 +146,10 @@ def make_function(name):
     return f
 EOF
 cat > "$STUBS/torchvision/__init__.py" <<'EOF'
-"""Minimal torchvision stub for importing learn2learn 0.2.0 without torchvision (peer benchmark env only)."""
+"""Minimal torchvision stub for importing learn2learn 0.2.0 or easyfsl 1.5.0 without torchvision (peer envs only)."""
 
-__version__ = "0.0.0+l2l-peer-stub"
-from . import datasets, transforms  # noqa: E402,F401
+__version__ = "0.0.0+peer-stub"
+from . import datasets, models, transforms  # noqa: E402,F401
 EOF
 cat > "$STUBS/torchvision/transforms.py" <<'EOF'
 from ._stub import make_class
@@ -151,6 +167,18 @@ from . import folder, omniglot  # noqa: F401
 ImageFolder = make_class("datasets.ImageFolder")  # subclassed by learn2learn.vision.datasets.CIFARFS
 Omniglot = omniglot.Omniglot
 EOF
+cat > "$STUBS/torchvision/models/__init__.py" <<'EOF'
+from . import resnet  # noqa: F401
+EOF
+cat > "$STUBS/torchvision/models/resnet.py" <<'EOF'
+from .._stub import make_class, make_function
+
+# names imported at module level by easyfsl.modules.{resnet,predesigned_modules,feat_resnet12}
+BasicBlock = make_class("models.resnet.BasicBlock")
+Bottleneck = make_class("models.resnet.Bottleneck")
+conv1x1 = make_function("models.resnet.conv1x1")
+conv3x3 = make_function("models.resnet.conv3x3")
+EOF
 cat > "$STUBS/torchvision/datasets/folder.py" <<'EOF'
 from .._stub import make_function
 
@@ -162,12 +190,17 @@ from .._stub import make_class
 Omniglot = make_class("datasets.omniglot.Omniglot")
 EOF
 
-cat > "$PEER_VENV/bin/python-l2l" <<EOF
+cat > "$PEER_VENV/bin/python-$SHORT" <<EOF
 #!/bin/sh
-# learn2learn peer interpreter: puts the torchvision import stub on PYTHONPATH.
+# $PEER_LIBRARY peer interpreter: puts the torchvision import stub on PYTHONPATH.
 PYTHONPATH="$STUBS\${PYTHONPATH:+:\$PYTHONPATH}" exec "$PPY" "\$@"
 EOF
-chmod +x "$PEER_VENV/bin/python-l2l"
+chmod +x "$PEER_VENV/bin/python-$SHORT"
+if [[ "$PEER_LIBRARY" == easyfsl ]]; then
+  "$PEER_VENV/bin/python-easyfsl" -c "import torch, easyfsl; from easyfsl.methods import PrototypicalNetworks, \
+MatchingNetworks, RelationNetworks; print('peer env ok: easyfsl', easyfsl.__version__, '| torch', torch.__version__)"
+  exit 0
+fi
 
 # --- verify ---------------------------------------------------------------------------------
 "$PEER_VENV/bin/python-l2l" -c "import torch, learn2learn as l2l; from learn2learn.algorithms import MAML; \
