@@ -101,27 +101,29 @@ def episode_items(plan, source) -> EpisodeItems:
     )
 
 
-def write_episodes(folder: Path, splits: dict, **info: int) -> None:
-    """Writes ``{split: (source, plans)}``: each plan's items, loaded by ``source.load`` as lit-meta loads them."""
+def write_datamodule_stream(folder: Path, dm) -> None:
+    """Writes the training and validation episodes of an ``EpisodicDataModule``, in the order its loaders give
+    them (training: the first epoch's), each episode's items loaded by its split as lit-meta loads them."""
+    dm.setup("fit")
+    splits = {split: (dm.splits[split], list(dm.samplers[split])) for split in ("train", "val")}
     write_stream(
         folder,
         {split: [episode_items(plan, source) for plan in plans] for split, (source, plans) in splits.items()},
         lambda split, indices: splits[split][0].load(indices).numpy(),
-        **info,
-    )
+        ways=dm.hparams.ways, shots=dm.hparams.shots, queries=dm.hparams.queries,
+        meta_batch_size=dm.hparams.meta_batch_size,
+    )  # fmt: skip
 
 
-def omniglot_stream(folder: Path, args: argparse.Namespace, meta_batch: int, steps: int) -> None:
+def omniglot_datamodule(args: argparse.Namespace, meta_batch: int, steps: int):
+    """Omniglot as lit-meta's configs set it: the Vinyals split, 28x28, rotations as classes; no augmentation."""
     from lit_meta.data import EpisodicDataModule
 
-    dm = EpisodicDataModule(
+    return EpisodicDataModule(
         "omniglot", root=str(args.data), dataset_kwargs={"cache_dir": str(args.cache)},
         ways=WAYS, shots=SHOTS, queries=QUERIES, meta_batch_size=meta_batch, train_episodes=steps * meta_batch,
         val_episodes=args.val_episodes, seed=args.seed,
     )  # fmt: skip
-    dm.setup("fit")
-    splits = {split: (dm.splits[split], list(dm.samplers[split])) for split in ("train", "val")}
-    write_episodes(folder, splits, ways=WAYS, shots=SHOTS, queries=QUERIES, meta_batch_size=meta_batch)
 
 
 # -- lit-meta's side ------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def run_pair(pair: str, args: argparse.Namespace, root: Path) -> dict:
     meta_batch = args.maml_meta_batch if pair in ("maml", "fomaml") else 1
     workdir = root / pair
     workdir.mkdir(parents=True, exist_ok=True)
-    omniglot_stream(workdir / "stream", args, meta_batch, steps)
+    write_datamodule_stream(workdir / "stream", omniglot_datamodule(args, meta_batch, steps))
     learner, shared = build_learner(pair, args.inner_lr, args.eval_inner_steps)
     save_state(shared, workdir / "init.pt")
     first = EpisodeStream(workdir / "stream").episodes("val", 0, 1)
