@@ -14,8 +14,8 @@ from lit_meta.data import EpisodicDataModule
 from ..conftest import REPO_ROOT, TinyImages
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from episode_stream import EpisodeStream, accuracy_with_ci  # noqa: E402
-from side_by_side import write_datamodule_stream  # noqa: E402
+from episode_stream import EpisodeStream, accuracy_with_ci
+from side_by_side import write_datamodule_stream
 
 
 @pytest.fixture
