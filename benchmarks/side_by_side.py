@@ -19,7 +19,9 @@ Relation networks against easyfsl 1.5.0. For each pair this process
    (1.96 std / sqrt(n));
 4. compares the first batch's gradients of the weights both sides share (max |difference|) and the
    curves: they agree when at every point the difference of the accuracies lies within the 95%
-   interval of a difference, ``1.96 sqrt(se_1^2 + se_2^2)``;
+   interval of a difference, ``1.96 sqrt(se_1^2 + se_2^2)``. For ProtoNet and Relation the easyfsl
+   side also gives its first gradient with what differs by design undone (one backbone call for
+   support and query; squared distances): ``gradient_max_abs_diff_aligned``;
 5. records a ``"curves"`` line in ``benchmarks/results/side_by_side.jsonl``.
 
 Configurations (the papers' where both libraries allow it): MAML: lit-meta's Conv4, inner lr 0.4,
@@ -203,6 +205,10 @@ def run_pair(pair: str, args: argparse.Namespace, root: Path) -> dict:
     ours, theirs = (torch.load(workdir / f"{side}-grads.pt") for side in commands)
     gradient_diff = max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True))
     gradient_scale = max(float(a.abs().max()) for a in ours)
+    aligned = workdir / f"{peer}-aligned-grads.pt"
+    aligned_diff = None
+    if aligned.exists():
+        aligned_diff = max(float((a - b).abs().max()) for a, b in zip(ours, torch.load(aligned), strict=True))
     a, b = (results[side]["series"] for side in commands)
     agree = all(abs(p[1] - q[1]) <= (p[2] ** 2 + q[2] ** 2) ** 0.5 for p, q in zip(a, b, strict=True) if p[0] == q[0])
     figures = {
@@ -217,6 +223,7 @@ def run_pair(pair: str, args: argparse.Namespace, root: Path) -> dict:
         "series": {side: results[side]["series"] for side in commands},
         "gradient_max_abs_diff": gradient_diff,
         "gradient_max_abs": gradient_scale,
+        "gradient_max_abs_diff_aligned": aligned_diff,
         "first_loss": {side: results[side]["first_loss"] for side in commands},
         "agree": agree,
         "seconds": {side: round(results[side]["seconds"], 1) for side in commands},
@@ -271,6 +278,7 @@ def main() -> None:
                 f"{f['learner']} vs {f['peer']} {f['peer_version']}, {f['steps']} steps: "
                 + "; ".join(f"{side} {acc:.2f} ± {ci:.2f}" for side, (_, acc, ci) in last.items())
                 + f"; agree {f['agree']}; max |grad diff| {f['gradient_max_abs_diff']:.2e}"
+                f" (aligned: {f['gradient_max_abs_diff_aligned']})"
                 f" (max |grad| {f['gradient_max_abs']:.2e}); seconds {f['seconds']}",
                 flush=True,
             )

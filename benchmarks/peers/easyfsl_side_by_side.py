@@ -16,7 +16,9 @@ The methods are easyfsl's with lit-meta's networks (``peers/networks.py``) and i
 
 easyfsl embeds the support set and the query set in two backbone calls (lit-meta in one), so in
 training BatchNorm normalises each with its own statistics and updates its running statistics twice
-a step. Imports torch, easyfsl and helpers from ``benchmarks/``.
+a step. A diagnostic gradient on the first batch undoes that (one backbone call, its features handed
+to the method) and, for ProtoNet, squares the distance: what is left of the difference to lit-meta's
+gradient is the libraries' arithmetic. Imports torch, easyfsl and helpers from ``benchmarks/``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,20 @@ def main() -> None:
         model.process_support_set(batch["support_x"][0], batch["support_y"][0])  # meta-batch of 1
         return loss(model(batch["query_x"][0]), batch["query_y"][0])
 
+    def aligned_loss_of(batch):
+        support_x, query_x = batch["support_x"][0], batch["query_x"][0]
+        both = backbone(torch.cat([support_x, query_x]))
+        features = {id(support_x): both[: len(support_x)], id(query_x): both[len(support_x) :]}
+        model.compute_features = lambda images: features[id(images)]  # an instance attribute, deleted below
+        try:
+            model.process_support_set(support_x, batch["support_y"][0])
+            scores = model(query_x)
+        finally:
+            del model.compute_features
+        if args.learner == "protonet":
+            scores = -scores.square()  # minus the squared Euclidean distance
+        return loss(scores, batch["query_y"][0])
+
     @torch.no_grad()
     def correct_of(batch):
         model.eval()
@@ -69,7 +85,15 @@ def main() -> None:
         model.train()
         return torch.stack(correct)
 
-    run_side(args, loss_of, torch.optim.Adam(model.parameters(), lr=1e-3), correct_of, shared, backbone)
+    run_side(
+        args,
+        loss_of,
+        torch.optim.Adam(model.parameters(), lr=1e-3),
+        correct_of,
+        shared,
+        backbone,
+        aligned_loss_of if args.learner in ("protonet", "relation") else None,
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,14 @@ def run_side(
     correct_of: Callable[[Batch], torch.Tensor],
     shared: list[nn.Module],
     backbone: nn.Module,
+    aligned_loss_of: Callable[[Batch], torch.Tensor] | None = None,
 ) -> None:
-    """Trains and evaluates one side; ``correct_of`` gives ``[episodes]`` query accuracies in ``[0, 1]``."""
+    """Trains and evaluates one side; ``correct_of`` gives ``[episodes]`` query accuracies in ``[0, 1]``.
+
+    ``aligned_loss_of``, a diagnostic: the side's loss with what differs from lit-meta by design
+    undone; its gradients on the first batch go to ``<name>-aligned-grads.pt`` (the BatchNorm
+    running statistics it moved are put back, so training is as without it).
+    """
     workdir = args.workdir
     stream = EpisodeStream(workdir / "stream")
     check = torch.load(workdir / "check.pt")
@@ -79,6 +85,14 @@ def run_side(
         if step == args.steps:
             break
         batch = tensors(stream.episodes("train", step * args.meta_batch, args.meta_batch))
+        if step == 0 and aligned_loss_of is not None:
+            buffers = [b.clone() for m in shared for b in m.buffers()]
+            optimizer.zero_grad()
+            aligned_loss_of(batch).backward()
+            torch.save(gradients(shared), workdir / f"{args.name}-aligned-grads.pt")
+            with torch.no_grad():
+                for b, saved in zip((b for m in shared for b in m.buffers()), buffers, strict=True):
+                    b.copy_(saved)
         optimizer.zero_grad()
         loss = loss_of(batch)
         loss.backward()
