@@ -29,10 +29,10 @@ Configurations (the papers' where both libraries allow it): MAML: lit-meta's Con
 default, not the paper's 32: the CPU budget), ``execution="loop"``. ProtoNet: Conv4 embedding,
 Euclidean, Adam 1e-3 (lit-meta squares the distance, as the paper; easyfsl does not and cannot).
 Matching: Conv4 embedding with full context embeddings on both sides, lit-meta at temperature 1
-(easyfsl has none) and 5 read steps (easyfsl reads once per support example: 5 in 5-way 1-shot);
-the two query LSTMs differ in shape (see the easyfsl script), so only the backbone and the
-support LSTM start alike. Relation: lit-meta's ``relation_embedding()`` and relation module on
-both sides, MSE. One episode per step for the metric learners.
+(easyfsl has none; ``--matching-temperature 0.1``: the learned temperature of lit-meta's configs)
+and 5 read steps (easyfsl reads once per support example: 5 in 5-way 1-shot); the two query LSTMs
+differ in shape (see the easyfsl script), so only the backbone and the support LSTM start alike.
+Relation: lit-meta's ``relation_embedding()`` and relation module on both sides, MSE. One episode per step for the metric learners.
 
 Rerun (the peer environments first, then the pairs; each side uses one thread)::
 
@@ -146,7 +146,11 @@ def build_learner(pair: str, inner_lr: float, eval_inner_steps: int):
         learner = ProtoNet(Conv4(1, out_features=None), meta_lr=1e-3)
         return learner, [learner.backbone]
     if pair == "matching":
-        learner = MatchingNet(Conv4(1, out_features=None), fce=True, fce_steps=WAYS * SHOTS, temperature=1.0)
+        temperature = float(os.environ.get("SIDE_BY_SIDE_MATCHING_TEMPERATURE", "1"))
+        learner = MatchingNet(
+            Conv4(1, out_features=None), fce=True, fce_steps=WAYS * SHOTS,
+            temperature=temperature, learn_temperature=temperature != 1,
+        )  # fmt: skip
         return learner, [learner.backbone, learner.support_lstm]
     learner = RelationNet(relation_embedding(), meta_lr=1e-3)
     return learner, [learner.backbone, learner.relation_module]
@@ -228,7 +232,9 @@ def run_pair(pair: str, args: argparse.Namespace, root: Path) -> dict:
         "agree": agree,
         "seconds": {side: round(results[side]["seconds"], 1) for side in commands},
         "wall_seconds": round(wall, 1),
-        "notes": NOTES[pair],
+        "notes": NOTES[pair]
+        + (f" lit-meta's temperature: {args.matching_temperature}" if pair == "matching" else "")
+        + (" (learned, as lit-meta's configs)." if pair == "matching" and args.matching_temperature != 1 else ""),
     }
     if args.record:
         record_result("side_by_side", "curves", figures, budget={"steps": steps})
@@ -266,9 +272,14 @@ def main() -> None:
         default=os.environ.get("LIT_META_EASYFSL_PYTHON", "/work/peer/easyfsl-venv/bin/python-easyfsl"),
     )
     parser.add_argument("--workdir", type=Path, help="keep the streams and weights here (default: a temporary folder)")
+    parser.add_argument(
+        "--matching-temperature", type=float, default=1.0,
+        help="lit-meta MatchingNet's temperature: 1 (the paper's, fixed) or the learned start of its configs (0.1)",
+    )  # fmt: skip
     parser.add_argument("--no-record", dest="record", action="store_false")
     args = parser.parse_args()
     args.steps, args.eval_every = dict(args.steps), dict(args.eval_every)
+    os.environ["SIDE_BY_SIDE_MATCHING_TEMPERATURE"] = str(args.matching_temperature)  # for the lit-meta side too
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
         for pair in args.pairs:
