@@ -32,7 +32,8 @@ Matching: Conv4 embedding with full context embeddings on both sides, lit-meta a
 (easyfsl has none; ``--matching-temperature 0.1``: the learned temperature of lit-meta's configs)
 and 5 read steps (easyfsl reads once per support example: 5 in 5-way 1-shot); the two query LSTMs
 differ in shape (see the easyfsl script), so only the backbone and the support LSTM start alike.
-Relation: lit-meta's ``relation_embedding()`` and relation module on both sides, MSE. One episode per step for the metric learners.
+Relation: lit-meta's ``relation_embedding()`` and relation module on both sides, MSE.
+One episode per step for the metric learners.
 
 Rerun (the peer environments first, then the pairs; each side uses one thread)::
 
