@@ -244,7 +244,8 @@ class Report:
                 final = p["series"][p["peer"]][-1]
                 ours_final = p["series"]["lit-meta"][-1]
                 peer_text = f"{p['peer']} {acc_text(*final[1:3])} (ours {acc_text(*ours_final[1:3])})"
-                verdicts.append(f"agrees with {p['peer']}" if p.get("agree") else f"disagrees with {p['peer']}")
+                agreement = "agrees with" if p.get("agree") else "disagrees with"
+                verdicts.append(f"{agreement} {p['peer']}" + ("" if p.get("agree") else " (why: see Side by side)"))
                 if line is None:
                     budget = budget_text(peer.get("budget"))
             rows.append([*key, ours, paper, difference, peer_text, "; ".join(verdicts) or "-", budget])
