@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_meta.data.augmentation import _pair
+from lit_meta.data.augmentation import float_range
 from lit_meta.errors import AugmentationError
 
 
@@ -60,7 +60,7 @@ class AffineDistortion:
     def __post_init__(self) -> None:
         bounds = {"rotation": None, "shear": (-1.0, 1.0), "scale": (0.0, math.inf), "translation": None}
         for name, limits in bounds.items():
-            low, high = _pair(name, getattr(self, name))
+            low, high = float_range(name, getattr(self, name))
             inside = limits is None or (limits[0] < low and high < limits[1])
             if not (math.isfinite(low) and math.isfinite(high) and low <= high and inside):
                 where = "" if limits is None else f" strictly within ({limits[0]}, {limits[1]})"

@@ -81,14 +81,14 @@ class EpisodeAugmentation:
 
     def __post_init__(self) -> None:
         if self.crop_scale is not None:
-            scale = _pair("crop_scale", self.crop_scale)
+            scale = float_range("crop_scale", self.crop_scale)
             if not 0 < scale[0] <= scale[1] <= 1:
                 raise AugmentationError(
                     f"crop_scale={scale}: the crop's area fraction must satisfy 0 < low <= high <= 1, "
                     "e.g. (0.08, 1.0); or None for no crop"
                 )
             object.__setattr__(self, "crop_scale", scale)  # a list (YAML, checkpoint) becomes a tuple
-        ratio = _pair("crop_ratio", self.crop_ratio)
+        ratio = float_range("crop_ratio", self.crop_ratio)
         if not 0 < ratio[0] <= ratio[1]:
             raise AugmentationError(
                 f"crop_ratio={ratio}: the crop's width / height must satisfy 0 < low <= high, e.g. (0.75, 1.333)"
@@ -228,7 +228,7 @@ def adjust_saturation(images: Tensor, factors: Tensor, inplace: bool = False) ->
     return _blend(images, grayscale(images).expand_as(images), factors, inplace)
 
 
-def _pair(name: str, value: object) -> tuple[float, float]:
+def float_range(name: str, value: object) -> tuple[float, float]:
     """``value`` as a ``(low, high)`` tuple of floats, or an :class:`AugmentationError` naming ``name``."""
     try:
         low, high = (float(v) for v in value)  # type: ignore[attr-defined]
