@@ -233,7 +233,7 @@ def run_pair(pair: str, args: argparse.Namespace, root: Path) -> dict:
         "agree": agree,
         "seconds": {side: round(results[side]["seconds"], 1) for side in commands},
         "wall_seconds": round(wall, 1),
-        "notes": NOTES[pair]
+        "note": NOTES[pair]
         + (f" lit-meta's temperature: {args.matching_temperature}" if pair == "matching" else "")
         + (" (learned, as lit-meta's configs)." if pair == "matching" and args.matching_temperature != 1 else ""),
     }
