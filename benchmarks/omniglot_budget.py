@@ -131,7 +131,7 @@ def record(r: dict, args: argparse.Namespace) -> None:
         "paper": None if paper is None else {"acc": paper, "source": SOURCES[r["learner"]]},
         "curve": [[step, round(100 * acc, 2), None] for step, acc in r["curve"]],
         "status": curve_status(r["curve"]),
-        "note": f"allocator {args.allocator}, {args.threads or 'default'} threads; lit-meta command: {r['command']}",
+        "note": f"allocator {args.allocator}, threads={args.threads or 'default'}; lit-meta command: {r['command']}",
     }  # fmt: skip
     record_result("omniglot_accuracy", "accuracy", figures, budget={"minutes": r["minutes"]})
 
