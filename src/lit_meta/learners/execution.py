@@ -42,8 +42,8 @@ CPU_VMAP_BUDGET_MB = 256.0
 """Default memory budget of the vmap path's activations on a CPU (MB)."""
 COMPILED_EVALUATION_EPISODES = 2000
 """``eval_execution="auto"`` compiles evaluation for Trainer runs that evaluate at least this many episodes:
-several times the episodes whose eager adaptation takes as long as compiling (``benchmarks/RESULTS.md``,
-"Evaluation speed")."""
+several times the episodes whose eager adaptation takes as long as compiling
+(``benchmarks/notes/evaluation_speed.md``)."""
 
 
 @dataclass(frozen=True)
