@@ -296,7 +296,8 @@ class GradientMetaLearner(MetaLearner):
         params = {name: p.detach() for name, p in adaptable_parameters(self.backbone).items()}
         batch_norm = self.batch_norm_for_adaptation()
         optimizer = self.configure_inner_optimizer(steps, _detached(self.step_sizes(steps)))
-        compiled = self.evaluation_path() == "compiled" and batch_norm == AdaptationBatchNorm(batch_norm.buffers)
+        as_module = (batch_norm.support, batch_norm.query, batch_norm.support_momentum) == ("module", "module", None)
+        compiled = self.evaluation_path() == "compiled" and as_module  # compiled passes run BatchNorm as modules say
         gradients, forward = self.compiled_evaluation() if compiled else (None, None)
 
         def support_loss(p: dict[str, Tensor]) -> Tensor:
