@@ -39,7 +39,13 @@ from torch.overrides import TorchFunctionMode
 from lit_meta.functional.adapt_and_score import Criterion, ScoredTask
 from lit_meta.functional.batch_norm import task_batch_norm
 from lit_meta.functional.deprecation import renamed_function, renamed_keyword
-from lit_meta.functional.inner_loop import LossFn, adapted_names, check_finite_losses, inner_loop, inner_optimizer
+from lit_meta.functional.inner_loop import (
+    adapted_names,
+    check_finite_losses,
+    func_gradients,
+    inner_loop,
+    inner_optimizer,
+)
 from lit_meta.functional.optimizers import InnerOptimizer, StepSize
 from lit_meta.functional.params import functional_forward
 
@@ -59,21 +65,6 @@ _INEXACT_SECOND_ORDER = {
     torch.batch_norm: "torch.batch_norm",
     torch.native_batch_norm: "torch.native_batch_norm",
 }
-
-
-def func_gradients(
-    loss_fn: LossFn, params: dict[str, Tensor], names: Sequence[str], create_graph: bool
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Gradients by ``torch.func.grad_and_value``, which works under ``vmap``.
-
-    Without ``create_graph`` the gradients are detached from the outer graph (first order).
-    """
-    adapted = {n: params[n] for n in names}
-    fixed = {n: p for n, p in params.items() if n not in adapted}
-    grads, loss = torch.func.grad_and_value(lambda a: loss_fn({**fixed, **a}))(adapted)
-    if not create_graph:
-        grads = {n: g.detach() for n, g in grads.items()}
-    return grads, loss
 
 
 class ExactNormalizationMode(TorchFunctionMode):

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_meta.functional.inner_loop import func_gradients
 from lit_meta.functional.params import functional_forward
 from lit_meta.functional.shifted_conv import ShiftedSingleChannelConv
 
@@ -115,12 +116,10 @@ def support_gradients(
     adapted_names = tuple(names)
 
     def gradients(params: Mapping[str, Tensor], buffers: Mapping[str, Tensor | None], x: Tensor, y: Tensor):
-        fixed = {n: p for n, p in params.items() if n not in adapted_names}
+        def loss(p: dict[str, Tensor]) -> Tensor:
+            return criterion(functional_forward(module, p, buffers, x), y)
 
-        def loss(adapted: dict[str, Tensor]) -> Tensor:
-            return criterion(functional_forward(module, {**fixed, **adapted}, buffers, x), y)
-
-        return torch.func.grad_and_value(loss)({n: params[n] for n in adapted_names})
+        return func_gradients(loss, dict(params), adapted_names, create_graph=False)
 
     if compile:
         gradients = torch.compile(gradients, **{"dynamic": False, **compile_kwargs})

@@ -221,6 +221,21 @@ def autograd_gradients(
     return dict(zip(names, grads, strict=True)), loss
 
 
+def func_gradients(
+    loss_fn: LossFn, params: dict[str, Tensor], names: Sequence[str], create_graph: bool
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Gradients by ``torch.func.grad_and_value``, which works under ``vmap`` and ``torch.compile``.
+
+    Without ``create_graph`` the gradients are detached from the outer graph (first order).
+    """
+    adapted = {n: params[n] for n in names}
+    fixed = {n: p for n, p in params.items() if n not in adapted}
+    grads, loss = torch.func.grad_and_value(lambda a: loss_fn({**fixed, **a}))(adapted)
+    if not create_graph:
+        grads = {n: g.detach() for n, g in grads.items()}
+    return grads, loss
+
+
 def _given_gradients(gradients: Gradients) -> Differentiate:
     def differentiate(
         loss_fn: LossFn, params: dict[str, Tensor], names: Sequence[str], create_graph: bool
