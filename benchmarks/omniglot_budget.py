@@ -40,17 +40,24 @@ PAPER = {  # test accuracy (%) as published; Vinyals et al. 2016 tabulate Siames
     "relation_net": (99.6, 99.8, 97.6, 99.1),
     "siamese": (97.3, 98.4, 88.1, 97.0),
     "maml": (98.7, 99.9, 95.8, 98.9),
+    "fomaml": (98.3, 99.2, 89.4, 97.9),  # Finn et al. 2017, Table 1 ("MAML, first order approx.")
+    "maml_plus_plus": (99.47, 99.93, 97.65, 99.33),  # Antoniou et al. 2019, Table 1
+    "meta_sgd": (99.53, 99.93, 95.93, 98.97),  # Li et al. 2017, Table 1
+    "anil": (None, None, None, None),  # Raghu et al. 2020 report Omniglot 20-way only (Table 2; not transcribed)
     "snail": (99.07, 99.78, 97.64, 99.36),  # Mishra et al. 2018, Table 1
     "metanet": (98.95, None, 97.00, None),  # Munkhdalai & Yu 2017, Table 1 (1-shot only)
 }
 
 
 NAMES = {"protonet": "ProtoNet", "matching_net": "MatchingNet", "relation_net": "RelationNet", "siamese": "SiameseNet",
-         "maml": "MAML", "snail": "SNAIL", "metanet": "MetaNet"}  # fmt: skip
+         "maml": "MAML", "snail": "SNAIL", "metanet": "MetaNet", "fomaml": "FOMAML", "maml_plus_plus": "MAML++",
+         "meta_sgd": "Meta-SGD", "anil": "ANIL"}  # fmt: skip
 SOURCES = {"protonet": "Snell et al. 2017, Table 1", "matching_net": "Vinyals et al. 2016, Table 1",
            "relation_net": "Sung et al. 2018, Table 1", "siamese": "Koch et al. 2015 (Vinyals et al. 2016)",
            "maml": "Finn et al. 2017, Table 1", "snail": "Mishra et al. 2018, Table 1",
-           "metanet": "Munkhdalai & Yu 2017, Table 1"}  # fmt: skip
+           "metanet": "Munkhdalai & Yu 2017, Table 1", "fomaml": "Finn et al. 2017, Table 1",
+           "maml_plus_plus": "Antoniou et al. 2019, Table 1", "meta_sgd": "Li et al. 2017, Table 1",
+           "anil": "Raghu et al. 2020, Table 2"}  # fmt: skip
 
 
 def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> dict:
@@ -121,6 +128,20 @@ def curve_status(curve: list[tuple[int, float]]) -> str | None:
     return "still rising" if best_step >= curve[-1][0] - (curve[-1][0] - curve[0][0]) / 5 else None
 
 
+def with_projection(status: str | None, r: dict) -> str | None:
+    """A still-rising status gets the projected budget: the config's ``trainer.max_steps`` at this run's pace."""
+    if status != "still rising":
+        return status
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / r["learner"] / f"omniglot_{r['setting']}.yaml").read_text())
+    max_steps = (config.get("trainer") or {}).get("max_steps")
+    if not max_steps or max_steps <= r["steps"]:
+        return status
+    hours = max_steps * r["minutes"] * 60 / r["steps"] / 3600
+    return f"{status}; the config's {max_steps:,} steps would take ~{hours:.1f} h at this pace"
+
+
 def record(r: dict, args: argparse.Namespace) -> None:
     """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
     paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
@@ -130,7 +151,7 @@ def record(r: dict, args: argparse.Namespace) -> None:
         "train_steps": r["steps"], "wall_min": round(r["wall_s"] / 60, 1),
         "paper": None if paper is None else {"acc": paper, "source": SOURCES[r["learner"]]},
         "curve": [[step, round(100 * acc, 2), None] for step, acc in r["curve"]],
-        "status": curve_status(r["curve"]),
+        "status": with_projection(curve_status(r["curve"]), r),
         "note": f"allocator {args.allocator}, threads={args.threads or 'default'}; lit-meta command: {r['command']}",
     }  # fmt: skip
     record_result("omniglot_accuracy", "accuracy", figures, budget={"minutes": r["minutes"]})
