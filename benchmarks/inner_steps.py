@@ -9,6 +9,7 @@ records them in ``benchmarks/results/inner_steps.jsonl``.
 
     python benchmarks/inner_steps.py --learner MAML --checkpoint path/to/last.ckpt \\
         --setting "omniglot 5w1s" --trained "136 steps of configs/maml/omniglot_5w1s.yaml"
+    python benchmarks/inner_steps.py --learner MAML --name MAML++ --checkpoint path/to/last.ckpt
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from results_log import record_result  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--learner", default="MAML", help="the learner class in lit_meta.learners")
+    parser.add_argument("--name", help="the learner's name in the report (MAML++ is lit_meta.MAML); default: --learner")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--setting", default="omniglot 5w1s", help="the label of the result")
     parser.add_argument("--trained", default="", help="how the checkpoint was trained (recorded)")
@@ -81,7 +83,7 @@ def main() -> None:
         "inner_steps",
         "inner_steps",
         {
-            "learner": args.learner,
+            "learner": args.name or args.learner,
             "setting": args.setting,
             "trained": args.trained,
             "train_inner_steps": learner.hparams.inner_steps,
