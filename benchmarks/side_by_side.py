@@ -1,7 +1,7 @@
 """lit-meta side by side with peer libraries: the same episodes, initial weights and steps, in one run (issue 19).
 
-Pairs: MAML and first-order MAML against learn2learn 0.2.0; Prototypical, Matching and
-Relation networks against easyfsl 1.5.0. For each pair this process
+Pairs: MAML, first-order MAML and Meta-SGD against learn2learn 0.2.0; Prototypical, Matching
+and Relation networks against easyfsl 1.5.0. For each pair this process
 
 1. draws the episodes through lit-meta's data layer (``EpisodicDataModule("omniglot")``: the
    published Vinyals split, 28x28, rotations by 90 degrees as new classes; 5-way 1-shot 15-query)
@@ -26,7 +26,9 @@ Relation networks against easyfsl 1.5.0. For each pair this process
 
 Configurations (the papers' where both libraries allow it): MAML: lit-meta's Conv4, inner lr 0.4,
 1 inner step in training and 3 at evaluation, Adam 1e-3, meta-batch ``--maml-meta-batch`` (4 by
-default, not the paper's 32: the CPU budget), ``execution="loop"``. ProtoNet: Conv4 embedding,
+default, not the paper's 32: the CPU budget), ``execution="loop"``. Meta-SGD: the same, with every
+weight's learned rate starting at 0.1 (lit-meta's configs; learn2learn's ``MetaSGD(lr=0.1)``), the
+rates trained by the same Adam and compared in the first gradients too. ProtoNet: Conv4 embedding,
 Euclidean, Adam 1e-3 (lit-meta squares the distance, as the paper; easyfsl does not and cannot).
 Matching: Conv4 embedding with full context embeddings on both sides, lit-meta at temperature 1
 (easyfsl has none; ``--matching-temperature 0.1``: the learned temperature of lit-meta's configs)
@@ -39,7 +41,7 @@ Rerun (the peer environments first, then the pairs; each side uses one thread)::
 
     bash benchmarks/peer_env.sh                          # learn2learn: /work/peer/venv/bin/python-l2l
     PEER_LIBRARY=easyfsl bash benchmarks/peer_env.sh     # easyfsl: /work/peer/easyfsl-venv/bin/python-easyfsl
-    python benchmarks/side_by_side.py --pairs maml fomaml protonet matching relation
+    python benchmarks/side_by_side.py --pairs maml fomaml meta_sgd protonet matching relation
 
 ``--l2l-python`` / ``--easyfsl-python`` (or ``$LIT_META_L2L_PYTHON`` / ``$LIT_META_EASYFSL_PYTHON``)
 name other peer interpreters; ``--steps maml=200`` sets a pair's steps.
@@ -66,11 +68,13 @@ from networks import load_state, outputs_in_eval_mode, save_state  # noqa: E402
 from episode_stream import EpisodeItems, EpisodeStream, write_stream  # noqa: E402
 from results_log import record_result  # noqa: E402
 
-PEERS = {"maml": "learn2learn", "fomaml": "learn2learn", "protonet": "easyfsl", "matching": "easyfsl"}
-PEERS["relation"] = "easyfsl"
-LEARNER_NAMES = {"maml": "MAML", "fomaml": "FOMAML", "protonet": "ProtoNet", "matching": "MatchingNet"}
-LEARNER_NAMES["relation"] = "RelationNet"
-DEFAULT_STEPS = {"maml": 150, "fomaml": 150, "protonet": 600, "matching": 600, "relation": 600}
+PEERS = {"maml": "learn2learn", "fomaml": "learn2learn", "meta_sgd": "learn2learn", "protonet": "easyfsl"}
+PEERS |= {"matching": "easyfsl", "relation": "easyfsl"}
+LEARNER_NAMES = {"maml": "MAML", "fomaml": "FOMAML", "meta_sgd": "Meta-SGD", "protonet": "ProtoNet"}
+LEARNER_NAMES |= {"matching": "MatchingNet", "relation": "RelationNet"}
+DEFAULT_STEPS = {"maml": 150, "fomaml": 150, "meta_sgd": 150, "protonet": 600, "matching": 600, "relation": 600}
+GRADIENT_PAIRS = ("maml", "fomaml", "meta_sgd")  # meta-batch --maml-meta-batch; the others take 1 episode a step
+INNER_LR = {"maml": 0.4, "fomaml": 0.4, "meta_sgd": 0.1}  # --inner-lr overrides
 WAYS, SHOTS, QUERIES = 5, 1, 15
 NOTES = {
     "maml": "learn2learn's example loop (clone/adapt per task, gradients / tasks); both sides use BatchNorm "
@@ -87,6 +91,7 @@ NOTES = {
     "them: the same in 1-shot) and embeds support and query in two backbone calls (see ProtoNet).",
 }
 NOTES["fomaml"] = NOTES["maml"] + " First order on both sides."
+NOTES["meta_sgd"] = NOTES["maml"] + " learn2learn's MetaSGD; the learned rates' first gradients are compared too."
 
 
 # -- the episode stream, from lit-meta's data layer ---------------------------------------------
@@ -132,7 +137,7 @@ def omniglot_datamodule(args: argparse.Namespace, meta_batch: int, steps: int):
 # -- lit-meta's side ------------------------------------------------------------------------------
 def build_learner(pair: str, inner_lr: float, eval_inner_steps: int):
     """lit-meta's learner of ``pair`` (seed 0) and the modules whose weights the peer takes."""
-    from lit_meta import MAML, MatchingNet, ProtoNet, RelationNet
+    from lit_meta import MAML, MatchingNet, MetaSGD, ProtoNet, RelationNet
     from lit_meta.backbones import Conv4
     from lit_meta.learners.relation_net import relation_embedding
 
@@ -143,6 +148,12 @@ def build_learner(pair: str, inner_lr: float, eval_inner_steps: int):
             first_order=pair == "fomaml", meta_lr=1e-3, execution="loop",
         )  # fmt: skip
         return learner, [learner.backbone]
+    if pair == "meta_sgd":
+        learner = MetaSGD(
+            Conv4(1, out_features=WAYS), inner_lr=inner_lr, inner_steps=1, eval_inner_steps=eval_inner_steps,
+            meta_lr=1e-3, execution="loop",
+        )  # fmt: skip
+        return learner, [learner.backbone, learner.inner_lrs]
     if pair == "protonet":
         learner = ProtoNet(Conv4(1, out_features=None), meta_lr=1e-3)
         return learner, [learner.backbone]
@@ -180,11 +191,12 @@ def lit_meta_side() -> None:
 # -- one pair -------------------------------------------------------------------------------------
 def run_pair(pair: str, args: argparse.Namespace, root: Path) -> dict:
     steps = args.steps.get(pair, DEFAULT_STEPS[pair])
-    meta_batch = args.maml_meta_batch if pair in ("maml", "fomaml") else 1
+    meta_batch = args.maml_meta_batch if pair in GRADIENT_PAIRS else 1
+    inner_lr = args.inner_lr if args.inner_lr is not None else INNER_LR.get(pair, 0.4)
     workdir = root / pair
     workdir.mkdir(parents=True, exist_ok=True)
     write_datamodule_stream(workdir / "stream", omniglot_datamodule(args, meta_batch, steps))
-    learner, shared = build_learner(pair, args.inner_lr, args.eval_inner_steps)
+    learner, shared = build_learner(pair, inner_lr, args.eval_inner_steps)
     save_state(shared, workdir / "init.pt")
     first = EpisodeStream(workdir / "stream").episodes("val", 0, 1)
     x = torch.from_numpy(np.concatenate([first["support_x"][0], first["query_x"][0]]))
@@ -194,7 +206,7 @@ def run_pair(pair: str, args: argparse.Namespace, root: Path) -> dict:
     peer_python = args.l2l_python if peer == "learn2learn" else args.easyfsl_python
     common = ["--workdir", str(workdir), "--learner", pair, "--steps", str(steps), "--eval-every",
               str(args.eval_every.get(pair, max(steps // 6, 1))), "--meta-batch", str(meta_batch),
-              "--eval-inner-steps", str(args.eval_inner_steps), "--inner-lr", str(args.inner_lr)]  # fmt: skip
+              "--eval-inner-steps", str(args.eval_inner_steps), "--inner-lr", str(inner_lr)]  # fmt: skip
     commands = {
         "lit-meta": [sys.executable, __file__, "--side", *common, "--name", "lit-meta"],
         peer: [peer_python, str(HERE / "peers" / f"{peer}_side_by_side.py"), *common, "--name", peer],
@@ -260,7 +272,7 @@ def main() -> None:
     parser.add_argument("--eval-every", nargs="*", type=pair_option, default=[], help="PAIR=N (default steps/6)")
     parser.add_argument("--val-episodes", type=int, default=200)
     parser.add_argument("--maml-meta-batch", type=int, default=4)
-    parser.add_argument("--inner-lr", type=float, default=0.4)
+    parser.add_argument("--inner-lr", type=float, help="every gradient pair's (default: 0.4; Meta-SGD 0.1)")
     parser.add_argument("--eval-inner-steps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
