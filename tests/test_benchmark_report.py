@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -131,3 +132,17 @@ def test_the_committed_report_and_readme_block_are_what_the_committed_results_gi
     )
     assert readme.read_text(encoding="utf-8") == (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert out.read_text(encoding="utf-8") == (REPO_ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+
+
+def test_a_pair_that_differs_by_design_is_told_apart_from_one_that_disagrees() -> None:
+    """Curves that differ only by what differs by design (the first gradients are equal once the peer's side
+    undoes it) read "differs by design", not "disagrees"; unequal gradients still read "disagrees"."""
+    spec = importlib.util.spec_from_file_location("benchmark_report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pair = {"peer": "easyfsl", "agree": False, "gradient_max_abs": 4.9, "gradient_max_abs_diff": 4.7}
+    assert module.peer_verdict({**pair, "agree": True}) == "agrees with easyfsl"
+    by_design = module.peer_verdict({**pair, "gradient_max_abs_diff_aligned": 2e-5})
+    assert by_design.startswith("differs from easyfsl by design")
+    assert module.peer_verdict({**pair, "gradient_max_abs_diff_aligned": 0.01}).startswith("disagrees with easyfsl")
+    assert module.peer_verdict(pair).startswith("disagrees with easyfsl")
