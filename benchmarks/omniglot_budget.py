@@ -121,9 +121,17 @@ def data_config(config: Path) -> dict:
 
 
 def curve_status(curve: list[tuple[int, float]]) -> str | None:
-    """``"still rising"`` when the best validation accuracy came in the last fifth of the validated steps."""
-    if len(curve) < 5:
+    """``"still rising"`` when the best validation accuracy came in the last fifth of the validated steps.
+
+    A curve of two to four points is still rising when its last point is its best; a single point
+    cannot say whether the curve has flattened, and the status says so.
+    """
+    if not curve:
         return None
+    if len(curve) == 1:
+        return "one validation point: too short to tell whether the curve has flattened"
+    if len(curve) < 5:
+        return "still rising" if curve[-1][1] >= max(acc for _, acc in curve) else None
     best_step = max(curve, key=lambda point: point[1])[0]
     return "still rising" if best_step >= curve[-1][0] - (curve[-1][0] - curve[0][0]) / 5 else None
 
