@@ -74,13 +74,15 @@ def versions() -> dict[str, str]:
 
 
 def git_state() -> dict[str, Any]:
+    """The commit measured, and whether tracked code differed from it (the result files' own appends do not count)."""
     root = RESULTS.parents[1]
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
+    code_only = ["--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS.relative_to(root)}"]
     try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", *code_only))}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
 
