@@ -120,6 +120,14 @@ def data_config(config: Path) -> dict:
     return yaml.safe_load(config.read_text())["data"]
 
 
+def split_text(config: Path) -> str:
+    """The Omniglot split and rotations a config trains on, as the report shows them."""
+    kwargs = data_config(config).get("dataset_kwargs") or {}
+    rotations = kwargs.get("rotations", (0, 90, 180, 270))
+    turned = "no rotations" if list(rotations) == [0] else f"rotations {', '.join(map(str, rotations))}"
+    return f"{kwargs.get('split', 'vinyals')}, {turned}"
+
+
 def curve_status(curve: list[tuple[int, float]]) -> str | None:
     """``"still rising"`` when the best validation accuracy came in the last fifth of the validated steps.
 
@@ -153,8 +161,9 @@ def with_projection(status: str | None, r: dict) -> str | None:
 def record(r: dict, args: argparse.Namespace) -> None:
     """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
     paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
+    config = REPO / "configs" / r["learner"] / f"omniglot_{r['setting']}.yaml"
     figures = {
-        "learner": NAMES[r["learner"]], "setting": f"omniglot {r['setting']}", "split": "the config's",
+        "learner": NAMES[r["learner"]], "setting": f"omniglot {r['setting']}", "split": split_text(config),
         "acc": round(r["acc"], 2), "ci95": round(r["ci95"], 2), "test_episodes": r["episodes"],
         "train_steps": r["steps"], "wall_min": round(r["wall_s"] / 60, 1),
         "paper": None if paper is None else {"acc": paper, "source": SOURCES[r["learner"]]},
