@@ -146,6 +146,14 @@ def group_by(lines: list[dict[str, Any]], key: Any) -> dict[str, list[dict[str, 
     return groups
 
 
+def curve_detail(figures: dict[str, Any]) -> str:
+    """What sets a run's curve apart in a legend: its variant, and a split other than the published one."""
+    split = figures.get("split") or ""
+    other_split = split.split(",")[0] if split and not split.startswith(("vinyals", "the config's")) else None
+    details = [x for x in (figures.get("variant"), other_split) if x]
+    return f" ({'; '.join(details)})" if details else ""
+
+
 def table_row(cells: list[Any]) -> str:
     """A markdown table row; a ``|`` inside a cell is escaped."""
     return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
@@ -198,8 +206,11 @@ class Report:
             textwrap.fill(f"{command} ({stamps})", width, subsequent_indent="    ")
             for command, stamps in provenance(lines)
         )
+        # The figure grows by the footer's height, so a long provenance leaves the axes their size.
+        height, footer_height = fig.get_figheight(), (footer.count("\n") + 1) * 5.5 * 1.3 / 72 + 0.05
+        fig.set_figheight(height + footer_height)
         fig.text(0.01, 0.005, footer, fontsize=5.5, va="bottom", ha="left", family="monospace", color="0.3")
-        fig.subplots_adjust(bottom=0.14 + 0.035 * footer.count("\n"))
+        fig.subplots_adjust(bottom=(0.12 * height + footer_height) / (height + footer_height))
         self.figures.mkdir(parents=True, exist_ok=True)
         fig.savefig(self.figures / name, dpi=100, metadata=PNG_METADATA)
         plt.close(fig)
@@ -377,7 +388,7 @@ class Report:
             for index, line in enumerate(group):
                 f = line["figures"]
                 colour = f"C{index % 10}"
-                label = f["setting"] + (f" ({f['variant']})" if f.get("variant") else "")
+                label = f"{f['setting']}{curve_detail(f)}, {budget_text(line.get('budget'))}"
                 _plot_series(ax, f["curve"], colour, label)
                 if f.get("paper"):
                     ax.axhline(f["paper"]["acc"], color=colour, linestyle=":", linewidth=1)
