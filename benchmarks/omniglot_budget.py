@@ -122,10 +122,15 @@ def data_config(config: Path) -> dict:
 
 def split_text(config: Path) -> str:
     """The Omniglot split and rotations a config trains on, as the report shows them."""
+    import inspect
+
+    from lit_meta.data.datasets.omniglot import Omniglot
+
+    defaults = inspect.signature(Omniglot).parameters
     kwargs = data_config(config).get("dataset_kwargs") or {}
-    rotations = kwargs.get("rotations", (0, 90, 180, 270))
+    split, rotations = (kwargs.get(name, defaults[name].default) for name in ("split", "rotations"))
     turned = "no rotations" if list(rotations) == [0] else f"rotations {', '.join(map(str, rotations))}"
-    return f"{kwargs.get('split', 'vinyals')}, {turned}"
+    return f"{split}, {turned}"
 
 
 def curve_status(curve: list[tuple[int, float]]) -> str | None:

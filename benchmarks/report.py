@@ -149,7 +149,7 @@ def group_by(lines: list[dict[str, Any]], key: Any) -> dict[str, list[dict[str, 
 def curve_detail(figures: dict[str, Any]) -> str:
     """What sets a run's curve apart in a legend: its variant, and a split other than the published one."""
     split = figures.get("split") or ""
-    other_split = split.split(",")[0] if split and not split.startswith(("vinyals", "the config's")) else None
+    other_split = split.split(",")[0] if split and not split.startswith("vinyals") else None
     details = [x for x in (figures.get("variant"), other_split) if x]
     return f" ({'; '.join(details)})" if details else ""
 
