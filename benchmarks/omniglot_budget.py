@@ -12,6 +12,15 @@ curve included, as an ``accuracy`` line in ``benchmarks/results/omniglot_accurac
     python benchmarks/omniglot_budget.py --learners protonet --minutes 8
     python benchmarks/omniglot_budget.py --settings 20w1s 20w5s --minutes 20 30 --allocator jemalloc
 
+``--resume`` continues the runs already under ``--out`` from their newest ``last.ckpt`` (the
+same command otherwise, so the same episode stream and hyperparameters), with ``--minutes``
+as the total training time: Lightning's Timer restores the time already spent from the
+checkpoint. The checkpoint callback keeps writing into the first run's checkpoint folder, so
+the best validation checkpoint of the whole run is the one tested, and the recorded curve
+joins every part of the run. ``last.ckpt`` is rewritten only when the validation accuracy
+improves, so the steps after the last improvement are trained again; bitwise resume makes
+them the same, and the record says whether their validation points came out equal.
+
 Omniglot is read from ``--data`` (default ``../shared/data``, holding ``omniglot/``),
 decoded once into ``--cache``.
 """
@@ -43,7 +52,7 @@ PAPER = {  # test accuracy (%) as published; Vinyals et al. 2016 tabulate Siames
     "fomaml": (98.3, 99.2, 89.4, 97.9),  # Finn et al. 2017, Table 1 ("MAML, first order approx.")
     "maml_plus_plus": (99.47, 99.93, 97.65, 99.33),  # Antoniou et al. 2019, Table 1
     "meta_sgd": (99.53, 99.93, 95.93, 98.97),  # Li et al. 2017, Table 1
-    "anil": (None, None, None, None),  # Raghu et al. 2020 report Omniglot 20-way only (Table 2; not transcribed)
+    "anil": (None, None, 96.2, 98.0),  # Raghu et al. 2020, Table 2: Omniglot 20-way only (mean of 3 seeds)
     "snail": (99.07, 99.78, 97.64, 99.36),  # Mishra et al. 2018, Table 1
     "metanet": (98.95, None, 97.00, None),  # Munkhdalai & Yu 2017, Table 1 (1-shot only)
 }
@@ -76,6 +85,9 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
         *(["--data.val_episodes", str(args.val_episodes)] if args.val_episodes else []),
         *(["--data.test_episodes", str(args.test_episodes)] if args.test_episodes else []),
     ]  # fmt: skip
+    resumed = resume_arguments(save_dir, command) if args.resume else None
+    if resumed is not None:
+        command += ["--ckpt_path", resumed["checkpoint"], "--trainer.callbacks.init_args.dirpath", resumed["dirpath"]]
     start = time.perf_counter()
     env = allocator_environment(args.allocator)
     if args.threads:
@@ -91,26 +103,92 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
         "setting": setting,
         "minutes": minutes,
         "allocator": args.allocator,
-        "wall_s": wall,
+        "wall_s": wall + (resumed["earlier"]["wall_s"] if resumed else 0.0),
         "command": shlex.join(command),
     }
+    if resumed is not None:
+        result["resumed"] = {
+            "from_step": resumed["step"],
+            "earlier_command": resumed["earlier"]["command"],
+            "earlier_steps": resumed["earlier"]["steps"],
+            "redone_points_equal": redone_points_equal(save_dir, resumed["step"]),
+        }
     (save_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
 
-def read_run(save_dir: Path) -> dict:
-    """Test accuracy, training steps and validation curve of the newest run logged under ``save_dir``."""
-    (version,) = sorted((save_dir / "lightning_logs").iterdir(), key=lambda p: int(p.name.split("_")[-1]))[-1:]
+# What a resumed run may change in the command; everything else must be as the earlier part ran it.
+RESUME_ARGUMENTS = ("--trainer.max_time", "--ckpt_path", "--trainer.callbacks.init_args.dirpath")
+
+
+def versions(save_dir: Path) -> list[Path]:
+    """The Lightning log folders of the runs under ``save_dir``, oldest first (a resumed run adds one)."""
+    return sorted((save_dir / "lightning_logs").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
+
+
+def read_metrics(version: Path) -> list[dict]:
     with open(version / "metrics.csv") as file:
-        rows = list(csv.DictReader(file))
-    test = next(r for r in rows if r.get("test/acc"))
+        return list(csv.DictReader(file))
+
+
+def read_run(save_dir: Path) -> dict:
+    """Test accuracy, training steps and validation curve of the run logged under ``save_dir``.
+
+    The test is the newest part's; the curve joins every part, a later part's points replacing
+    those of the steps it trained again after a resume.
+    """
+    parts = [read_metrics(version) for version in versions(save_dir)]
+    test = next(r for r in parts[-1] if r.get("test/acc"))
+    curve = {int(r["step"]): float(r["val/acc"]) for rows in parts for r in rows if r.get("val/acc")}
     return {
         "acc": 100 * float(test["test/acc"]),
         "ci95": 100 * float(test["test/acc_ci95"]),
         "episodes": int(float(test["test/episodes"])),
-        "steps": max(int(r["step"]) for r in rows if r.get("train/loss") or r.get("val/acc")) + 1,
-        "curve": [(int(r["step"]), float(r["val/acc"])) for r in rows if r.get("val/acc")],
+        "steps": max(int(r["step"]) for rows in parts for r in rows if r.get("train/loss") or r.get("val/acc")) + 1,
+        "curve": sorted(curve.items()),
     }
+
+
+def redone_points_equal(save_dir: Path, from_step: int) -> bool | None:
+    """Whether the validation points that the resumed part trained again equal the earlier part's (bitwise resume).
+
+    ``None`` when the resume started at the earlier part's last validation, so nothing was redone.
+    """
+    *earlier, newest = versions(save_dir)
+    before = {int(r["step"]): r["val/acc"] for version in earlier for r in read_metrics(version) if r.get("val/acc")}
+    after = {int(r["step"]): r["val/acc"] for r in read_metrics(newest) if r.get("val/acc")}
+    redone = [step for step in after if step in before and step >= from_step]
+    return all(before[step] == after[step] for step in redone) if redone else None
+
+
+def resume_arguments(save_dir: Path, command: list[str]) -> dict:
+    """The checkpoint to continue the run under ``save_dir`` from, checked against the earlier part's command.
+
+    Raises:
+        SystemExit: there is no earlier run or checkpoint, or the earlier part ran another command
+            (other than in its time budget): its episode stream or hyperparameters would not continue.
+    """
+    record = save_dir / "result.json"
+    checkpoints = sorted(save_dir.glob("lightning_logs/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not record.is_file() or not checkpoints:
+        raise SystemExit(f"--resume: no finished run with a last.ckpt under {save_dir}")
+    earlier = json.loads(record.read_text())
+    ours, theirs = (comparable(c) for c in (command, shlex.split(earlier["command"])))
+    if ours != theirs:
+        differing = sorted(set(ours.items()) ^ set(theirs.items()))
+        raise SystemExit(f"--resume: {save_dir} ran another command; differing arguments: {differing}")
+    import torch
+
+    checkpoint = checkpoints[-1]
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    return {"checkpoint": str(checkpoint), "dirpath": str(checkpoint.parent), "step": step, "earlier": earlier}
+
+
+def comparable(command: list[str]) -> dict[str, str]:
+    """A ``lit-meta fit`` command's arguments without those a resume changes; the config by its name under configs/."""
+    pairs = dict(zip(command[2::2], command[3::2], strict=True))
+    pairs["--config"] = "/".join(Path(pairs["--config"]).parts[-3:])
+    return {key: value for key, value in pairs.items() if key not in RESUME_ARGUMENTS}
 
 
 def data_config(config: Path) -> dict:
@@ -176,6 +254,13 @@ def record(r: dict, args: argparse.Namespace) -> None:
         "status": with_projection(curve_status(r["curve"]), r),
         "note": f"allocator {args.allocator}, threads={args.threads or 'default'}; lit-meta command: {r['command']}",
     }  # fmt: skip
+    if "resumed" in r:
+        resumed = r["resumed"]
+        figures["resumed"] = resumed
+        figures["note"] += (
+            f"; resumed at step {resumed['from_step']:,} from an earlier run of {resumed['earlier_steps']:,} steps"
+            f" (its command: {resumed['earlier_command']}); wall time counts both parts"
+        )
     record_result("omniglot_accuracy", "accuracy", figures, budget={"minutes": r["minutes"]})
 
 
@@ -198,6 +283,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/lit-meta-omniglot-cache"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="logs go in <out>/logs")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the runs under --out from their newest last.ckpt; --minutes is then the total training time",
+    )  # fmt: skip
     args = parser.parse_args()
     if len(args.minutes) not in (1, len(args.settings)):
         parser.error(f"--minutes takes 1 value or one per setting ({len(args.settings)}), not {len(args.minutes)}")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from types import ModuleType
 
 import pytest
+import torch
 
 from ..conftest import REPO_ROOT
 
@@ -45,3 +47,57 @@ def test_a_result_names_the_split_its_config_trains_on(budget) -> None:
     assert budget.split_text(configs / "protonet" / "omniglot_5w1s.yaml") == PUBLISHED
     assert budget.split_text(configs / "siamese" / "omniglot_5w1s.yaml") == PUBLISHED
     assert budget.split_text(configs / "siamese" / "omniglot_koch_5w1s.yaml") == "lake, no rotations"
+
+
+def write_part(save_dir, version: int, rows: list[dict]) -> None:
+    """One part of a run as Lightning's CSV logger leaves it: ``lightning_logs/version_N/metrics.csv``."""
+    folder = save_dir / "lightning_logs" / f"version_{version}"
+    folder.mkdir(parents=True)
+    keys = ["step", "train/loss", "val/acc", "test/acc", "test/acc_ci95", "test/episodes"]
+    lines = [",".join(keys)] + [",".join(str(row.get(key, "")) for key in keys) for row in rows]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_a_resumed_run_joins_its_parts_and_tests_the_newest(budget, tmp_path) -> None:
+    test = {"step": 0, "test/acc": 0.5, "test/acc_ci95": 0.01, "test/episodes": 600}
+    write_part(tmp_path, 0, [{"step": 99, "train/loss": 1}, {"step": 99, "val/acc": 0.8}, {"step": 199, "val/acc": 0.9},
+                             {"step": 299, "val/acc": 0.85}, {"step": 330, "train/loss": 1}, test])  # fmt: skip
+    newest_test = {**test, "test/acc": 0.97}
+    write_part(tmp_path, 1, [{"step": 299, "val/acc": 0.85}, {"step": 399, "val/acc": 0.95}, newest_test])
+    run = budget.read_run(tmp_path)
+    assert run["curve"] == [(99, 0.8), (199, 0.9), (299, 0.85), (399, 0.95)]
+    assert run["acc"] == pytest.approx(97.0) and run["steps"] == 400
+    assert budget.redone_points_equal(tmp_path, from_step=200) is True
+
+
+def test_a_resume_that_redid_a_validation_differently_says_so(budget, tmp_path) -> None:
+    write_part(tmp_path, 0, [{"step": 199, "val/acc": 0.9}, {"step": 299, "val/acc": 0.85}])
+    write_part(tmp_path, 1, [{"step": 299, "val/acc": 0.86}, {"step": 399, "val/acc": 0.95}])
+    assert budget.redone_points_equal(tmp_path, from_step=200) is False
+    assert budget.redone_points_equal(tmp_path, from_step=300) is None  # nothing redone after step 300
+
+
+def earlier_run(save_dir, command: str) -> None:
+    checkpoints = save_dir / "lightning_logs" / "version_0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({"global_step": 200}, checkpoints / "last.ckpt")
+    (save_dir / "result.json").write_text(json.dumps({"command": command, "steps": 331, "wall_s": 60.0}))
+
+
+def test_resume_continues_from_the_last_checkpoint_into_its_folder(budget, tmp_path) -> None:
+    earlier_run(tmp_path, "lit-meta fit --config /elsewhere/configs/siamese/omniglot_5w1s.yaml --data.root D "
+                          "--trainer.max_time 00:00:10:00")  # fmt: skip
+    now = ["lit-meta", "fit", "--config", "/here/configs/siamese/omniglot_5w1s.yaml", "--data.root", "D",
+           "--trainer.max_time", "00:00:20:00"]  # fmt: skip
+    resumed = budget.resume_arguments(tmp_path, now)
+    assert resumed["step"] == 200 and resumed["checkpoint"].endswith("version_0/checkpoints/last.ckpt")
+    assert resumed["dirpath"] == str(tmp_path / "lightning_logs" / "version_0" / "checkpoints")
+
+
+def test_resume_refuses_another_command_or_a_missing_run(budget, tmp_path) -> None:
+    with pytest.raises(SystemExit, match="no finished run"):
+        budget.resume_arguments(tmp_path, ["lit-meta", "fit", "--config", "c.yaml"])
+    earlier_run(tmp_path, "lit-meta fit --config configs/siamese/omniglot_5w1s.yaml --data.train_episodes 200")
+    other = ["lit-meta", "fit", "--config", "configs/siamese/omniglot_5w1s.yaml", "--data.train_episodes", "100"]
+    with pytest.raises(SystemExit, match=r"data\.train_episodes"):
+        budget.resume_arguments(tmp_path, other)
