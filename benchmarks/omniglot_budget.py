@@ -88,6 +88,8 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
     resumed = resume_arguments(save_dir, command) if args.resume else None
     if resumed is not None:
         command += ["--ckpt_path", resumed["checkpoint"], "--trainer.callbacks.init_args.dirpath", resumed["dirpath"]]
+        part = f"version_{int(versions(save_dir)[-1].name.split('_')[-1]) + 1}"  # the folder Lightning logs it in
+        (save_dir / RESUMES).write_text(json.dumps({**resumed_from(save_dir), part: resumed["step"]}))
     start = time.perf_counter()
     env = allocator_environment(args.allocator)
     if args.threads:
@@ -111,7 +113,7 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
             "from_step": resumed["step"],
             "earlier_command": resumed["earlier"]["command"],
             "earlier_steps": resumed["earlier"]["steps"],
-            "redone_points_equal": redone_points_equal(save_dir, resumed["step"]),
+            "redone_points_equal": redone_points_equal(save_dir),
         }
     (save_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -121,8 +123,11 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
 RESUME_ARGUMENTS = ("--trainer.max_time", "--ckpt_path", "--trainer.callbacks.init_args.dirpath")
 
 
+RESUMES = "resumes.json"  # in a run's folder: {Lightning log folder: the global step its part resumed from}
+
+
 def versions(save_dir: Path) -> list[Path]:
-    """The Lightning log folders of the runs under ``save_dir``, oldest first (a resumed run adds one)."""
+    """The Lightning log folders of the run under ``save_dir``, oldest first (each resume adds one)."""
     return sorted((save_dir / "lightning_logs").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
 
 
@@ -131,34 +136,58 @@ def read_metrics(version: Path) -> list[dict]:
         return list(csv.DictReader(file))
 
 
+def resumed_from(save_dir: Path) -> dict[str, int]:
+    path = save_dir / RESUMES
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def joined(save_dir: Path, parts: list[Path]) -> dict[int, str]:
+    """The validation points (step -> accuracy as logged) of ``parts`` joined into one run.
+
+    A part that resumed from the checkpoint of global step ``g`` replaces the earlier points after ``g``:
+    the steps after the checkpoint were trained again. (Lightning logs a run resumed from a checkpoint
+    saved after an epoch's validation one step higher than the uninterrupted run: 11,600 for 11,599.)
+    """
+    starts = resumed_from(save_dir)
+    points: dict[int, str] = {}
+    for version in parts:
+        if version.name in starts:
+            points = {step: acc for step, acc in points.items() if step <= starts[version.name]}
+        points.update((int(r["step"]), r["val/acc"]) for r in read_metrics(version) if r.get("val/acc"))
+    return points
+
+
 def read_run(save_dir: Path) -> dict:
     """Test accuracy, training steps and validation curve of the run logged under ``save_dir``.
 
-    The test is the newest part's; the curve joins every part, a later part's points replacing
-    those of the steps it trained again after a resume.
+    The test is the newest part's; the curve joins the parts (:func:`joined`).
     """
-    parts = [read_metrics(version) for version in versions(save_dir)]
-    test = next(r for r in parts[-1] if r.get("test/acc"))
-    curve = {int(r["step"]): float(r["val/acc"]) for rows in parts for r in rows if r.get("val/acc")}
+    parts = versions(save_dir)
+    newest = read_metrics(parts[-1])
+    test = next(r for r in newest if r.get("test/acc"))
     return {
         "acc": 100 * float(test["test/acc"]),
         "ci95": 100 * float(test["test/acc_ci95"]),
         "episodes": int(float(test["test/episodes"])),
-        "steps": max(int(r["step"]) for rows in parts for r in rows if r.get("train/loss") or r.get("val/acc")) + 1,
-        "curve": sorted(curve.items()),
+        "steps": max(int(r["step"]) for r in newest if r.get("train/loss") or r.get("val/acc")) + 1,
+        "curve": [(step, float(acc)) for step, acc in sorted(joined(save_dir, parts).items())],
     }
 
 
-def redone_points_equal(save_dir: Path, from_step: int) -> bool | None:
-    """Whether the validation points that the resumed part trained again equal the earlier part's (bitwise resume).
+def redone_points_equal(save_dir: Path) -> bool | None:
+    """Whether the newest part's validations of the steps it trained again equal the earlier parts' (bitwise resume).
 
-    ``None`` when the resume started at the earlier part's last validation, so nothing was redone.
+    Compared in order, the n-th validation after the checkpoint against the n-th; ``None`` when the
+    newest part did not resume or no earlier validation came after its checkpoint.
     """
     *earlier, newest = versions(save_dir)
-    before = {int(r["step"]): r["val/acc"] for version in earlier for r in read_metrics(version) if r.get("val/acc")}
-    after = {int(r["step"]): r["val/acc"] for r in read_metrics(newest) if r.get("val/acc")}
-    redone = [step for step in after if step in before and step >= from_step]
-    return all(before[step] == after[step] for step in redone) if redone else None
+    start = resumed_from(save_dir).get(newest.name)
+    if start is None:
+        return None
+    before = [acc for step, acc in sorted(joined(save_dir, earlier).items()) if step > start]
+    after = [acc for step, acc in sorted(joined(save_dir, [newest]).items()) if step > start]
+    redone = list(zip(before, after, strict=False))
+    return all(a == b for a, b in redone) if redone else None
 
 
 def resume_arguments(save_dir: Path, command: list[str]) -> dict:

@@ -62,19 +62,26 @@ def test_a_resumed_run_joins_its_parts_and_tests_the_newest(budget, tmp_path) ->
     test = {"step": 0, "test/acc": 0.5, "test/acc_ci95": 0.01, "test/episodes": 600}
     write_part(tmp_path, 0, [{"step": 99, "train/loss": 1}, {"step": 99, "val/acc": 0.8}, {"step": 199, "val/acc": 0.9},
                              {"step": 299, "val/acc": 0.85}, {"step": 330, "train/loss": 1}, test])  # fmt: skip
+    # Resumed from the checkpoint of step 200 (saved after the validation logged at 199): Lightning logs the
+    # redone validation of step 299 at 300.
     newest_test = {**test, "test/acc": 0.97}
-    write_part(tmp_path, 1, [{"step": 299, "val/acc": 0.85}, {"step": 399, "val/acc": 0.95}, newest_test])
+    write_part(tmp_path, 1, [{"step": 300, "val/acc": 0.85}, {"step": 400, "val/acc": 0.95}, newest_test])
+    (tmp_path / budget.RESUMES).write_text(json.dumps({"version_1": 200}))
     run = budget.read_run(tmp_path)
-    assert run["curve"] == [(99, 0.8), (199, 0.9), (299, 0.85), (399, 0.95)]
-    assert run["acc"] == pytest.approx(97.0) and run["steps"] == 400
-    assert budget.redone_points_equal(tmp_path, from_step=200) is True
+    assert run["curve"] == [(99, 0.8), (199, 0.9), (300, 0.85), (400, 0.95)]
+    assert run["acc"] == pytest.approx(97.0) and run["steps"] == 401
+    assert budget.redone_points_equal(tmp_path) is True
 
 
 def test_a_resume_that_redid_a_validation_differently_says_so(budget, tmp_path) -> None:
     write_part(tmp_path, 0, [{"step": 199, "val/acc": 0.9}, {"step": 299, "val/acc": 0.85}])
-    write_part(tmp_path, 1, [{"step": 299, "val/acc": 0.86}, {"step": 399, "val/acc": 0.95}])
-    assert budget.redone_points_equal(tmp_path, from_step=200) is False
-    assert budget.redone_points_equal(tmp_path, from_step=300) is None  # nothing redone after step 300
+    write_part(tmp_path, 1, [{"step": 300, "val/acc": 0.86}, {"step": 400, "val/acc": 0.95}])
+    (tmp_path / budget.RESUMES).write_text(json.dumps({"version_1": 200}))
+    assert budget.redone_points_equal(tmp_path) is False
+    (tmp_path / budget.RESUMES).write_text(json.dumps({"version_1": 300}))
+    assert budget.redone_points_equal(tmp_path) is None  # no earlier validation after step 300
+    (tmp_path / budget.RESUMES).unlink()
+    assert budget.redone_points_equal(tmp_path) is None  # the newest part did not resume
 
 
 def earlier_run(save_dir, command: str) -> None:

@@ -170,3 +170,31 @@ def test_case_03_resume_at_every_position_equals_uninterrupted_run(uninterrupted
     batch; step 2: mid-epoch) is saved before that validation, which the resumed run must still run.
     Every step of the run, each ~1.5 s."""
     resume_at(uninterrupted_run, step, tmp_path)
+
+
+def test_resume_from_a_checkpoint_saved_after_an_epoch_end_validation_replays_the_next_epoch(tmp_path):
+    """``ModelCheckpoint(monitor=...)`` and its ``last.ckpt`` save after the validation that ends an epoch.
+
+    Lightning's ``set_epoch`` runs one epoch ahead for the rest of a run resumed from there; the
+    training loader gives its sampler the Trainer's epoch instead, so the resumed run trains on the
+    episodes the uninterrupted run does. (Lightning logs the resumed run's steps one higher; the
+    losses are compared in order.)"""
+    config = write_config(tmp_path, LEARNERS["protonet"], 0)
+    setup = yaml.safe_load(config.read_text())
+    setup["trainer"]["callbacks"] = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"monitor": "val/acc", "mode": "max", "save_last": True, "save_top_k": -1},
+        }
+    ]
+    config.write_text(yaml.safe_dump(setup))
+    uninterrupted = fit(config, tmp_path / "uninterrupted")
+    checkpoint = uninterrupted / "checkpoints" / "epoch=1-step=8.ckpt"  # after epoch 1's validation
+    resumed = fit(config, tmp_path / "resumed", "--ckpt_path", str(checkpoint))
+    expected, replayed = train_losses(uninterrupted), train_losses(resumed)
+    assert [loss for _, loss in sorted(replayed.items())] == [expected[s] for s in sorted(expected) if s >= 8]
+    assert [v for _, v in sorted(validation_points(resumed).items())] == [
+        v for s, v in sorted(validation_points(uninterrupted).items()) if s > 8
+    ]
+    before, after = final_weights(uninterrupted), final_weights(resumed)
+    assert all(torch.equal(before[k], after[k]) for k in before)

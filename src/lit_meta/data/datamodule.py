@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -286,16 +286,23 @@ class EpisodicDataModule(L.LightningDataModule):
         if split == "train":
             self._check_train_steps()
         workers = self.hparams.num_workers
-        loader = _PositionKeptByDataModule if split == "train" else DataLoader
-        return loader(
-            EpisodeDataset(self.splits[split], self.augmentation if split == "train" else None, self.statistics),
-            batch_size=self.batch_sizes[split],
-            sampler=self.samplers[split],
-            collate_fn=collate_episodes,
-            num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
-        )
+        options: dict[str, Any] = {
+            "batch_size": self.batch_sizes[split],
+            "sampler": self.samplers[split],
+            "collate_fn": collate_episodes,
+            "num_workers": workers,
+            "pin_memory": self.hparams.pin_memory,
+            "persistent_workers": workers > 0,
+        }
+        dataset = EpisodeDataset(self.splits[split], self.augmentation if split == "train" else None, self.statistics)
+        if split == "train":
+            return _PositionKeptByDataModule(dataset, epoch_of=self._fitting_epoch, **options)
+        return DataLoader(dataset, **options)
+
+    def _fitting_epoch(self) -> int | None:
+        """The Trainer's ``current_epoch`` while it fits: the epoch whose training episodes come next; else ``None``."""
+        trainer = self.trainer
+        return trainer.current_epoch if trainer is not None and trainer.state.fn == "fit" else None
 
     def _check_train_steps(self) -> None:
         """Every training step gets ``meta_batch_size`` tasks but perhaps the last of an epoch, which says so.
@@ -375,7 +382,25 @@ class _PositionKeptByDataModule(DataLoader):
     """The training loader. Its position is kept by :meth:`EpisodicDataModule.state_dict` (episodes
     consumed, so resuming mid-epoch replays the uninterrupted run); having ``state_dict`` /
     ``load_state_dict`` of its own, with nothing more to keep, tells Lightning it resumes, so
-    Lightning does not warn at every mid-epoch resume that the loader is not resumable."""
+    Lightning does not warn at every mid-epoch resume that the loader is not resumable.
+
+    Before each pass it gives its sampler the epoch that ``epoch_of`` returns (the Trainer's
+    ``current_epoch`` while fitting). Lightning calls ``set_epoch`` with its count of processed
+    epochs, which equals ``current_epoch`` in an uninterrupted run but runs one ahead for the rest
+    of a run resumed from a checkpoint saved at an epoch's end after its validation, as
+    ``ModelCheckpoint(monitor=...)`` and its ``last.ckpt`` are: that run would draw epoch e + 1's
+    episodes where the uninterrupted run draws epoch e's.
+    """
+
+    def __init__(self, *args: Any, epoch_of: Callable[[], int | None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch_of = epoch_of
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.epoch_of() if self.epoch_of is not None else None
+        if epoch is not None:
+            self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        return super().__iter__()
 
     def state_dict(self) -> dict[str, Any]:
         return {}
