@@ -387,7 +387,7 @@ class Report:
             fig, ax = plt.subplots(figsize=(8, 4.8))
             for index, line in enumerate(group):
                 f = line["figures"]
-                colour = f"C{index % 10}"
+                colour = f"C{index}" if len(group) <= 10 else plt.cm.tab20(index % 20)  # 10 colours, then 20
                 label = f"{f['setting']}{curve_detail(f)}, {budget_text(line.get('budget'))}"
                 _plot_series(ax, f["curve"], colour, label)
                 if f.get("paper"):
