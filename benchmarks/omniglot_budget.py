@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from results_log import record_result
-from subprocess_runs import allocator_environment
+from subprocess_runs import allocator_environment, log_versions, version_number
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
@@ -88,7 +88,7 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
     resumed = resume_arguments(save_dir, command) if args.resume else None
     if resumed is not None:
         command += ["--ckpt_path", resumed["checkpoint"], "--trainer.callbacks.init_args.dirpath", resumed["dirpath"]]
-        part = f"version_{int(versions(save_dir)[-1].name.split('_')[-1]) + 1}"  # the folder Lightning logs it in
+        part = f"version_{version_number(log_versions(save_dir)[-1]) + 1}"  # the folder Lightning logs this part in
         (save_dir / RESUMES).write_text(json.dumps({**resumed_from(save_dir), part: resumed["step"]}))
     start = time.perf_counter()
     env = allocator_environment(args.allocator)
@@ -126,11 +126,6 @@ RESUME_ARGUMENTS = ("--trainer.max_time", "--ckpt_path", "--trainer.callbacks.in
 RESUMES = "resumes.json"  # in a run's folder: {Lightning log folder: the global step its part resumed from}
 
 
-def versions(save_dir: Path) -> list[Path]:
-    """The Lightning log folders of the run under ``save_dir``, oldest first (each resume adds one)."""
-    return sorted((save_dir / "lightning_logs").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
-
-
 def read_metrics(version: Path) -> list[dict]:
     with open(version / "metrics.csv") as file:
         return list(csv.DictReader(file))
@@ -162,7 +157,7 @@ def read_run(save_dir: Path) -> dict:
 
     The test is the newest part's; the curve joins the parts (:func:`joined`).
     """
-    parts = versions(save_dir)
+    parts = log_versions(save_dir)
     newest = read_metrics(parts[-1])
     test = next(r for r in newest if r.get("test/acc"))
     return {
@@ -180,7 +175,7 @@ def redone_points_equal(save_dir: Path) -> bool | None:
     Compared in order, the n-th validation after the checkpoint against the n-th; ``None`` when the
     newest part did not resume or no earlier validation came after its checkpoint.
     """
-    *earlier, newest = versions(save_dir)
+    *earlier, newest = log_versions(save_dir)
     start = resumed_from(save_dir).get(newest.name)
     if start is None:
         return None

@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from results_log import record_result
+from subprocess_runs import log_versions
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCES = (1, 2, 3, 4, 5, 10)
@@ -85,15 +86,11 @@ def fit(config: Path, run_dir: Path, args: argparse.Namespace) -> tuple[str, flo
     return shlex.join(command), time.perf_counter() - start
 
 
-def versions(folder: Path) -> list[Path]:
-    return sorted((folder / "lightning_logs").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
-
-
 def training_curve(run_dir: Path) -> list[dict[str, float]]:
     """The logged training rows of the fit under ``run_dir``, of every version (a fit resumed from a
     checkpoint logs into a new one), by step."""
     rows: dict[float, dict[str, float]] = {}
-    for version in versions(run_dir):
+    for version in log_versions(run_dir):
         if (version / "metrics.csv").exists():
             with open(version / "metrics.csv") as file:
                 for r in csv.DictReader(file):
@@ -119,7 +116,7 @@ def test(config: Path, checkpoint: Path, save_dir: Path, extra: list[str], args:
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     subprocess.run(command, check=True, env=environment(args))
-    with open(versions(save_dir)[-1] / "metrics.csv") as file:
+    with open(log_versions(save_dir)[-1] / "metrics.csv") as file:
         (row,) = [r for r in csv.DictReader(file) if r.get("test/acc")]
     metrics = {key: float(value) for key, value in row.items() if key.startswith("test/") and value}
     return {**metrics, "command": shlex.join(command)}

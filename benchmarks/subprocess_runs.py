@@ -53,3 +53,13 @@ def run_configuration(command: list[str], allocator: str, label: str) -> dict | 
         print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def version_number(version: Path) -> int:
+    """The N of a Lightning log folder ``version_N``."""
+    return int(version.name.split("_")[-1])
+
+
+def log_versions(save_dir: Path) -> list[Path]:
+    """The Lightning log folders (``lightning_logs/version_N``) of the runs logged under ``save_dir``, oldest first."""
+    return sorted((save_dir / "lightning_logs").iterdir(), key=version_number)
