@@ -350,12 +350,11 @@ class EpisodicDataModule(L.LightningDataModule):
         uninterrupted run's does.
         """
         samplers: dict[str, Any] = {}
-        trainer = self.trainer
         if "train" in self.samplers:
             samplers["train"] = self.samplers["train"].state_dict()
-            if trainer is not None and trainer.state.fn == "fit":
-                consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-                samplers["train"].update(epoch=trainer.current_epoch, position=consumed * self.batch_sizes["train"])
+            if (epoch := self._fitting_epoch()) is not None:
+                consumed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+                samplers["train"].update(epoch=epoch, position=consumed * self.batch_sizes["train"])
         state: dict[str, Any] = {"samplers": samplers}
         # Image decoding, so `lit-meta adapt` reads new images as training did (not restored on resume).
         if (preprocessing := self.dataset.image_preprocessing()) is not None:
