@@ -174,6 +174,14 @@ def verdict(ours: float, ci: float | None, reference: float) -> str:
     return f"{'ahead' if difference > 0 else 'behind'} by {abs(difference):.1f}"
 
 
+def best_validation_text(curve: list[list[Any]]) -> str:
+    """Where a validation curve peaked, for a row whose record says nothing of its shape (no ``status``)."""
+    step, acc = max(curve, key=lambda point: point[1])[:2]
+    if step == curve[-1][0]:
+        return f"best validation {acc:.2f} at its last step, {step:,}"
+    return f"best validation {acc:.2f} at step {step:,} of {curve[-1][0]:,}"
+
+
 def peer_verdict(figures: dict) -> str:
     """How a side-by-side pair ended: the curves agree, or they differ and the first gradients say whether by
     design (equal, to 1e-4 of the largest gradient, once the easyfsl side undoes what differs by design)."""
@@ -263,6 +271,8 @@ class Report:
                     verdicts.append("no paper figure")
                 if f.get("status"):
                     verdicts.append(f["status"])
+                elif len(f.get("curve") or ()) > 1:
+                    verdicts.append(best_validation_text(f["curve"]))
             if peer is not None:
                 p = peer["figures"]
                 final = p["series"][p["peer"]][-1]

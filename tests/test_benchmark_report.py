@@ -68,7 +68,9 @@ def test_header_says_generated(report: tuple[str, Path]) -> None:
 def test_summary_verdicts_against_the_paper_and_the_peer(report: tuple[str, Path]) -> None:
     rows = summary_rows(report[0])
     protonet = rows[("ProtoNet", "omniglot 5w1s")]
-    assert protonet[2] == "98.50 ± 0.20" and protonet[4] == "-0.30" and protonet[6] == "level"
+    assert protonet[2] == "98.50 ± 0.20" and protonet[4] == "-0.30"
+    # its record says nothing of the curve's shape, so the verdict says where the curve peaked
+    assert protonet[6] == "level; best validation 98.20 at step 400 of 600"
     maml = rows[("MAML", "omniglot 5w1s")]  # the later line is not a headline: the 28-minute run is shown
     assert maml[2] == "95.70 ± 0.40"
     assert maml[6].startswith("behind by 3.0") and "agrees with learn2learn" in maml[6] and "still rising" in maml[6]
@@ -146,3 +148,13 @@ def test_a_pair_that_differs_by_design_is_told_apart_from_one_that_disagrees() -
     assert by_design.startswith("differs from easyfsl by design")
     assert module.peer_verdict({**pair, "gradient_max_abs_diff_aligned": 0.01}).startswith("disagrees with easyfsl")
     assert module.peer_verdict(pair).startswith("disagrees with easyfsl")
+
+
+def test_a_row_without_a_status_says_where_its_validation_curve_peaked() -> None:
+    spec = importlib.util.spec_from_file_location("benchmark_report", REPORT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    flat = [[1000 * i, 97.0 + (0.5 if i == 7 else 0.0), None] for i in range(1, 11)]
+    assert module.best_validation_text(flat) == "best validation 97.50 at step 7,000 of 10,000"
+    rising = [[1000, 90.0, None], [2000, 95.0, None]]
+    assert module.best_validation_text(rising) == "best validation 95.00 at its last step, 2,000"
