@@ -47,6 +47,10 @@ def test_a_result_names_the_split_its_config_trains_on(budget) -> None:
     assert budget.split_text(configs / "protonet" / "omniglot_5w1s.yaml") == PUBLISHED
     assert budget.split_text(configs / "siamese" / "omniglot_5w1s.yaml") == PUBLISHED
     assert budget.split_text(configs / "siamese" / "omniglot_koch_5w1s.yaml") == "lake, no rotations"
+    # --split santoro: the papers' 1,200 training characters in place of the config's published split
+    assert budget.split_text(configs / "matching_net" / "omniglot_5w1s.yaml", "santoro") == (
+        "santoro, rotations 0, 90, 180, 270"
+    )
 
 
 def write_part(save_dir, version: int, rows: list[dict]) -> None:
