@@ -1,7 +1,8 @@
 """Paper configs on the real Omniglot within a stated CPU budget, through the real CLI.
 
 Each ``configs/<learner>/omniglot_<ways>w<shots>s.yaml`` runs as ``lit-meta fit`` for
-``--minutes`` of training (``trainer.max_time``), validating every ``--val-every`` steps,
+``--minutes`` of training (``trainer.max_time``; ``--max-steps`` caps the steps as well, to
+compare with another run at equal steps), validating every ``--val-every`` steps,
 then tests its best validation checkpoint on 600 episodes (``test_after_fit``). The
 script prints a table (test accuracy with its 95% CI next to the paper's number, the
 training steps reached, the wall time of the whole run) and records each run, validation
@@ -92,6 +93,7 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
         "--trainer.logger.init_args.save_dir", str(save_dir),
         *(["--data.val_episodes", str(args.val_episodes)] if args.val_episodes else []),
         *(["--data.test_episodes", str(args.test_episodes)] if args.test_episodes else []),
+        *(["--trainer.max_steps", str(args.max_steps)] if args.max_steps else []),
     ]  # fmt: skip
     resumed = resume_arguments(save_dir, command) if args.resume else None
     if resumed is not None:
@@ -128,7 +130,7 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
 
 
 # What a resumed run may change in the command; everything else must be as the earlier part ran it.
-RESUME_ARGUMENTS = ("--trainer.max_time", "--ckpt_path", "--trainer.callbacks.init_args.dirpath")
+RESUME_ARGUMENTS = ("--trainer.max_time", "--trainer.max_steps", "--ckpt_path", "--trainer.callbacks.init_args.dirpath")
 
 
 RESUMES = "resumes.json"  # in a run's folder: {Lightning log folder: the global step its part resumed from}
@@ -198,7 +200,7 @@ def resume_arguments(save_dir: Path, command: list[str]) -> dict:
 
     Raises:
         SystemExit: there is no earlier run or checkpoint, or the earlier part ran another command
-            (other than in its time budget): its episode stream or hyperparameters would not continue.
+            (other than in its time or step budget): its episode stream or hyperparameters would not continue.
     """
     record = save_dir / "result.json"
     checkpoints = sorted(save_dir.glob("lightning_logs/*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -303,7 +305,8 @@ def record(r: dict, args: argparse.Namespace) -> None:
             f"; resumed at step {resumed['from_step']:,} from an earlier run of {resumed['earlier_steps']:,} steps"
             f" (its command: {resumed['earlier_command']}); wall time counts both parts"
         )
-    record_result("omniglot_accuracy", "accuracy", figures, budget={"minutes": r["minutes"]})
+    budget = {"minutes": r["minutes"], **({"steps": args.max_steps} if args.max_steps else {})}
+    record_result("omniglot_accuracy", "accuracy", figures, budget=budget)
 
 
 def main() -> None:
@@ -314,6 +317,9 @@ def main() -> None:
         "--minutes", type=int, nargs="+", default=[8],
         help="training time per setting: one value for all, or one per --settings entry",
     )  # fmt: skip
+    parser.add_argument(
+        "--max-steps", type=int, help="training steps at most, as well as --minutes; default: the config's max_steps"
+    )
     parser.add_argument("--val-every", type=int, default=200, help="training steps between validations")
     parser.add_argument("--val-episodes", type=int, help="validation episodes; default: the config's")
     parser.add_argument("--test-episodes", type=int, help="test episodes; default: the config's (600)")
