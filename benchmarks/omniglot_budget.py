@@ -174,7 +174,11 @@ def read_run(save_dir: Path) -> dict:
         "acc": 100 * float(test["test/acc"]),
         "ci95": 100 * float(test["test/acc_ci95"]),
         "episodes": int(float(test["test/episodes"])),
-        "steps": max(int(r["step"]) for r in newest if r.get("train/loss") or r.get("val/acc")) + 1,
+        # The test is logged at the step training ended on; the last training loss may be logged up to
+        # log_every_n_steps earlier, which is all a run without validation has besides.
+        "steps": max(
+            int(test["step"]), *(int(r["step"]) + 1 for r in newest if r.get("train/loss") or r.get("val/acc"))
+        ),
         "curve": [(step, float(acc)) for step, acc in sorted(joined(save_dir, parts).items())],
     }
 
