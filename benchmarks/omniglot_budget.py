@@ -186,16 +186,21 @@ def read_run(save_dir: Path) -> dict:
 def redone_points_equal(save_dir: Path) -> bool | None:
     """Whether the newest part's validations of the steps it trained again equal the earlier parts' (bitwise resume).
 
-    Compared in order, the n-th validation after the checkpoint against the n-th; ``None`` when the
-    newest part did not resume or no earlier validation came after its checkpoint.
+    An earlier point at step ``s`` after the checkpoint is compared with the newest part's point at ``s``, or at
+    ``s + 1`` where Lightning logs the resumed run one step higher; an earlier point the newest part has no
+    counterpart for (the validation a time budget ends a run with, between two regular ones) is not compared.
+    ``None`` when the newest part did not resume or no earlier validation came after its checkpoint.
     """
     *earlier, newest = log_versions(save_dir)
     start = resumed_from(save_dir).get(newest.name)
     if start is None:
         return None
-    before = [acc for step, acc in sorted(joined(save_dir, earlier).items()) if step > start]
-    after = [acc for step, acc in sorted(joined(save_dir, [newest]).items()) if step > start]
-    redone = list(zip(before, after, strict=False))
+    after = joined(save_dir, [newest])
+    redone = [
+        (acc, after.get(step, after.get(step + 1)))
+        for step, acc in sorted(joined(save_dir, earlier).items())
+        if step > start and (step in after or step + 1 in after)
+    ]
     return all(a == b for a, b in redone) if redone else None
 
 

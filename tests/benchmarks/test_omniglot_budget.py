@@ -112,3 +112,14 @@ def test_resume_refuses_another_command_or_a_missing_run(budget, tmp_path) -> No
     other = ["lit-meta", "fit", "--config", "configs/siamese/omniglot_5w1s.yaml", "--data.train_episodes", "100"]
     with pytest.raises(SystemExit, match=r"data\.train_episodes"):
         budget.resume_arguments(tmp_path, other)
+
+
+def test_a_validation_that_only_the_earlier_part_ran_is_not_compared(budget, tmp_path) -> None:
+    """The earlier part's time budget ended it with a validation at step 330, between the regular ones; the
+    resumed part never validates there, so only the redone regular validations (299 logged as 300) count."""
+    write_part(
+        tmp_path, 0, [{"step": 199, "val/acc": 0.9}, {"step": 299, "val/acc": 0.85}, {"step": 330, "val/acc": 0.7}]
+    )
+    write_part(tmp_path, 1, [{"step": 300, "val/acc": 0.85}, {"step": 400, "val/acc": 0.95}])
+    (tmp_path / budget.RESUMES).write_text(json.dumps({"version_1": 200}))
+    assert budget.redone_points_equal(tmp_path) is True
