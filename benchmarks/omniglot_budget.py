@@ -197,9 +197,9 @@ def redone_points_equal(save_dir: Path) -> bool | None:
         return None
     after = joined(save_dir, [newest])
     redone = [
-        (acc, after.get(step, after.get(step + 1)))
+        (acc, twin)
         for step, acc in sorted(joined(save_dir, earlier).items())
-        if step > start and (step in after or step + 1 in after)
+        if step > start and (twin := after.get(step, after.get(step + 1))) is not None
     ]
     return all(a == b for a, b in redone) if redone else None
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -49,6 +50,15 @@ def generate(out_dir: Path) -> str:
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     out_dir = tmp_path_factory.mktemp("report")
     return generate(out_dir), out_dir
+
+
+@pytest.fixture(scope="module")
+def module() -> ModuleType:
+    """report.py imported as a module, for its functions."""
+    spec = importlib.util.spec_from_file_location("benchmark_report", REPORT)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
 def summary_rows(markdown: str) -> dict[tuple[str, str], list[str]]:
@@ -136,12 +146,9 @@ def test_the_committed_report_and_readme_block_are_what_the_committed_results_gi
     assert out.read_text(encoding="utf-8") == (REPO_ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
 
 
-def test_a_pair_that_differs_by_design_is_told_apart_from_one_that_disagrees() -> None:
+def test_a_pair_that_differs_by_design_is_told_apart_from_one_that_disagrees(module: ModuleType) -> None:
     """Curves that differ only by what differs by design (the first gradients are equal once the peer's side
     undoes it) read "differs by design", not "disagrees"; unequal gradients still read "disagrees"."""
-    spec = importlib.util.spec_from_file_location("benchmark_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     pair = {"peer": "easyfsl", "agree": False, "gradient_max_abs": 4.9, "gradient_max_abs_diff": 4.7}
     assert module.peer_verdict({**pair, "agree": True}) == "agrees with easyfsl"
     by_design = module.peer_verdict({**pair, "gradient_max_abs_diff_aligned": 2e-5})
@@ -150,10 +157,7 @@ def test_a_pair_that_differs_by_design_is_told_apart_from_one_that_disagrees() -
     assert module.peer_verdict(pair).startswith("disagrees with easyfsl")
 
 
-def test_a_row_without_a_status_says_where_its_validation_curve_peaked() -> None:
-    spec = importlib.util.spec_from_file_location("benchmark_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_a_row_without_a_status_says_where_its_validation_curve_peaked(module: ModuleType) -> None:
     flat = [[1000 * i, 97.0 + (0.5 if i == 7 else 0.0), None] for i in range(1, 11)]
     assert module.best_validation_text(flat) == "best validation 97.50 at step 7,000 of 10,000"
     rising = [[1000, 90.0, None], [2000, 95.0, None]]
