@@ -22,6 +22,9 @@ joins every part of the run. ``last.ckpt`` is rewritten only when the validation
 improves, so the steps after the last improvement are trained again; bitwise resume makes
 them the same, and the record says whether their validation points came out equal.
 
+``--override KEY VALUE`` runs a variant of the config (``--override model.init_args.lr_decay_every
+5000``); the record lists its overrides and, like a run on another split, is not the summary's headline.
+
 ``--split`` trains on another Omniglot split than the config's, for instance ``santoro``: the
 1,200 characters the papers of Vinyals et al., Snell et al. and Sung et al. trained on (the
 published split's training and validation characters), tested on the same 423. That split has
@@ -76,14 +79,15 @@ SOURCES = {"protonet": "Snell et al. 2017, Table 1", "matching_net": "Vinyals et
            "anil": "Raghu et al. 2020, Table 2"}  # fmt: skip
 
 
-def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> dict:
+def fit_command(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> list[str]:
+    """The ``lit-meta fit`` command of a run: the config, the data, the budget and the ``--override`` values."""
     config = REPO / "configs" / learner / f"omniglot_{setting}.yaml"
     save_dir = args.out / "logs" / f"{learner}_{setting}"
     data = data_config(config)
     dataset_kwargs = {**(data.get("dataset_kwargs") or {}), "cache_dir": str(args.cache)}
     if args.split:
         dataset_kwargs["split"] = args.split
-    command = [
+    return [
         "lit-meta", "fit", "--config", str(config),
         "--data.root", str(args.data),
         "--data.dataset_kwargs", json.dumps(dataset_kwargs),
@@ -94,7 +98,13 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
         *(["--data.val_episodes", str(args.val_episodes)] if args.val_episodes else []),
         *(["--data.test_episodes", str(args.test_episodes)] if args.test_episodes else []),
         *(["--trainer.max_steps", str(args.max_steps)] if args.max_steps else []),
+        *(argument for key, value in args.override or [] for argument in (f"--{key}", value)),
     ]  # fmt: skip
+
+
+def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> dict:
+    save_dir = args.out / "logs" / f"{learner}_{setting}"
+    command = fit_command(learner, setting, minutes, args)
     resumed = resume_arguments(save_dir, command) if args.resume else None
     if resumed is not None:
         command += ["--ckpt_path", resumed["checkpoint"], "--trainer.callbacks.init_args.dirpath", resumed["dirpath"]]
@@ -307,6 +317,9 @@ def record(r: dict, args: argparse.Namespace) -> None:
     }  # fmt: skip
     if args.split and args.split != omniglot_kwarg(config, "split"):
         figures["headline"] = False  # the summary stays on the config's split
+    if args.override:
+        figures["overrides"] = dict(args.override)
+        figures["headline"] = False  # the summary stays on the configs as shipped
     if "resumed" in r:
         resumed = r["resumed"]
         figures["resumed"] = resumed
@@ -340,6 +353,11 @@ def main() -> None:
     parser.add_argument(
         "--split", help="the Omniglot split to train and test on in place of the config's (e.g. santoro: 1,200 "
         "training characters, no validation)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--override", nargs=2, action="append", metavar=("KEY", "VALUE"),
+        help="a config value in place of the config's, as lit-meta's --KEY VALUE (e.g. model.init_args.lr_decay_every "
+        "5000); repeatable. Such a run is recorded with its overrides and is not the summary's headline",
     )  # fmt: skip
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/lit-meta-omniglot-cache"))

@@ -123,3 +123,23 @@ def test_a_validation_that_only_the_earlier_part_ran_is_not_compared(budget, tmp
     write_part(tmp_path, 1, [{"step": 300, "val/acc": 0.85}, {"step": 400, "val/acc": 0.95}])
     (tmp_path / budget.RESUMES).write_text(json.dumps({"version_1": 200}))
     assert budget.redone_points_equal(tmp_path) is True
+
+
+def test_an_override_reaches_the_command_and_keeps_the_run_off_the_summary(budget, tmp_path, monkeypatch) -> None:
+    args = budget.argparse.Namespace(
+        split=None, data=tmp_path, cache=tmp_path / "cache", out=tmp_path, val_every=200, val_episodes=None,
+        test_episodes=None, max_steps=None, override=[["model.init_args.lr_decay_every", "5000"]],
+        allocator="glibc", threads=1,
+    )  # fmt: skip
+    command = budget.fit_command("matching_net", "5w1s", 60, args)
+    assert command[-2:] == ["--model.init_args.lr_decay_every", "5000"]
+    recorded = []
+    monkeypatch.setattr(budget, "record_result", lambda stem, kind, figures, **_: recorded.append(figures))
+    run = {"learner": "matching_net", "setting": "5w1s", "acc": 97.5, "ci95": 0.3, "episodes": 600, "steps": 20_000,
+           "wall_s": 3600.0, "minutes": 60, "curve": [(999, 0.97)], "command": " ".join(command)}  # fmt: skip
+    budget.record(run, args)
+    assert recorded[0]["overrides"] == {"model.init_args.lr_decay_every": "5000"}
+    assert recorded[0]["headline"] is False
+    args.override = None
+    budget.record(run, args)
+    assert "overrides" not in recorded[1] and recorded[1].get("headline", True)
