@@ -287,14 +287,19 @@ def curve_status(curve: list[tuple[int, float]]) -> str | None:
     return "still rising" if best_step >= curve[-1][0] - (curve[-1][0] - curve[0][0]) / 5 else None
 
 
+def config_max_steps(learner: str, setting: str) -> int | None:
+    """The ``trainer.max_steps`` of a learner's Omniglot config for ``setting``."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / learner / f"omniglot_{setting}.yaml").read_text())
+    return (config.get("trainer") or {}).get("max_steps")
+
+
 def with_projection(status: str | None, r: dict) -> str | None:
     """A still-rising status gets the projected budget: the config's ``trainer.max_steps`` at this run's pace."""
     if status != "still rising":
         return status
-    import yaml
-
-    config = yaml.safe_load((REPO / "configs" / r["learner"] / f"omniglot_{r['setting']}.yaml").read_text())
-    max_steps = (config.get("trainer") or {}).get("max_steps")
+    max_steps = config_max_steps(r["learner"], r["setting"])
     if not max_steps or max_steps <= r["steps"]:
         return status
     hours = max_steps * r["minutes"] * 60 / r["steps"] / 3600
@@ -303,6 +308,7 @@ def with_projection(status: str | None, r: dict) -> str | None:
 
 def record(r: dict, args: argparse.Namespace) -> None:
     """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
+    key = r["learner"], r["setting"]
     paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
     config = REPO / "configs" / r["learner"] / f"omniglot_{r['setting']}.yaml"
     figures = {
@@ -327,7 +333,9 @@ def record(r: dict, args: argparse.Namespace) -> None:
             f"; resumed at step {resumed['from_step']:,} from an earlier run of {resumed['earlier_steps']:,} steps"
             f" (its command: {resumed['earlier_command']}); wall time counts both parts"
         )
-    budget = {"minutes": r["minutes"], **({"steps": args.max_steps} if args.max_steps else {})}
+    # Both bound the run: a run can end on the config's steps well inside its minutes.
+    steps = args.max_steps or dict(args.override or []).get("trainer.max_steps") or config_max_steps(*key)
+    budget = {"minutes": r["minutes"], **({"steps": int(steps)} if steps else {})}
     record_result("omniglot_accuracy", "accuracy", figures, budget=budget)
 
 

@@ -133,13 +133,19 @@ def test_an_override_reaches_the_command_and_keeps_the_run_off_the_summary(budge
     )  # fmt: skip
     command = budget.fit_command("matching_net", "5w1s", 60, args)
     assert command[-2:] == ["--model.init_args.lr_decay_every", "5000"]
-    recorded = []
-    monkeypatch.setattr(budget, "record_result", lambda stem, kind, figures, **_: recorded.append(figures))
+    recorded, budgets = [], []
+
+    def record_result(stem, kind, figures, *, budget) -> None:
+        recorded.append(figures)
+        budgets.append(budget)
+
+    monkeypatch.setattr(budget, "record_result", record_result)
     run = {"learner": "matching_net", "setting": "5w1s", "acc": 97.5, "ci95": 0.3, "episodes": 600, "steps": 20_000,
            "wall_s": 3600.0, "minutes": 60, "curve": [(999, 0.97)], "command": " ".join(command)}  # fmt: skip
     budget.record(run, args)
     assert recorded[0]["overrides"] == {"model.init_args.lr_decay_every": "5000"}
     assert recorded[0]["headline"] is False
+    assert budgets[0] == {"minutes": 60, "steps": 20_000}  # the config's max_steps bound it too
     args.override = None
     budget.record(run, args)
     assert "overrides" not in recorded[1] and recorded[1].get("headline", True)
