@@ -308,7 +308,6 @@ def with_projection(status: str | None, r: dict) -> str | None:
 
 def record(r: dict, args: argparse.Namespace) -> None:
     """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
-    key = r["learner"], r["setting"]
     paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
     config = REPO / "configs" / r["learner"] / f"omniglot_{r['setting']}.yaml"
     figures = {
@@ -334,7 +333,8 @@ def record(r: dict, args: argparse.Namespace) -> None:
             f" (its command: {resumed['earlier_command']}); wall time counts both parts"
         )
     # Both bound the run: a run can end on the config's steps well inside its minutes.
-    steps = args.max_steps or dict(args.override or []).get("trainer.max_steps") or config_max_steps(*key)
+    overridden = dict(args.override or []).get("trainer.max_steps")
+    steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"])
     budget = {"minutes": r["minutes"], **({"steps": int(steps)} if steps else {})}
     record_result("omniglot_accuracy", "accuracy", figures, budget=budget)
 
