@@ -99,6 +99,38 @@ def training_curve(run_dir: Path) -> list[dict[str, float]]:
     return [rows[step] for step in sorted(rows)]
 
 
+SPLIT_SIZES = {"santoro": "1,200 / 423 characters"}  # training / test characters
+
+
+def split_text(config: str) -> str:
+    """The Omniglot split a config (its name under ``configs/``) trains and tests on, as the report shows it."""
+    data = yaml.safe_load((REPO / "configs" / config).read_text())["data"]
+    split = (data.get("dataset_kwargs") or {}).get("split", "vinyals")
+    return f"{split} ({SPLIT_SIZES[split]})" if split in SPLIT_SIZES else split
+
+
+def training_status(curve: list[dict[str, float]]) -> str | None:
+    """Whether the training query accuracy was still rising: its mean over the last quarter of the steps
+    against the quarter before, more than half a point apart. The split has no validation characters, so
+    the training curve is the only one there is. ``None`` for a curve of fewer than 8 points."""
+    points = [(row["step"], row["train/acc"]) for row in curve if "train/acc" in row]
+    if len(points) < 8:
+        return None
+    last = points[-1][0]
+    quarter = last / 4
+
+    def mean(start: float, end: float) -> float:
+        values = [acc for step, acc in points if start <= step < end]
+        return 100 * sum(values) / len(values)
+
+    before, end = mean(last - 2 * quarter, last - quarter), mean(last - quarter, last + 1)
+    trend = "still rising" if end - before > 0.5 else "flat"
+    return (
+        f"{trend}: training query accuracy {before:.1f}% over steps {last - 2 * quarter:,.0f}-{last - quarter:,.0f},"
+        f" {end:.1f}% over the last quarter"
+    )
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     found = sorted(run_dir.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -203,7 +235,9 @@ def record(result: dict, args: argparse.Namespace) -> None:
     ways, shots = config.removesuffix(".yaml").split("_")[-1].replace("s", "").split("w")
     common = {"learner": learner, "test_episodes": int(float(test.get("test/episodes", 600))),
               "train_steps": result["steps"], "train_episodes": result["steps"] * result["episodes_per_step"],
-              "note": f"lit-meta command: {result['fit_command']}"}  # fmt: skip
+              "split": split_text(config), "note": f"lit-meta command: {result['fit_command']}"}  # fmt: skip
+    if status := training_status(result["curve"]):
+        common["status"] = status
     budget = {"steps": result["steps"]} if args.run_dir else {"minutes": args.minutes}
     lines = []
     if "test/acc_instance_10" in test:

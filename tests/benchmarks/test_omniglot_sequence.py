@@ -1,0 +1,32 @@
+"""The sequence learners' benchmark record: the split it names and the trend of its training curve."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+
+import pytest
+
+from ..conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def sequence() -> ModuleType:
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("omniglot_sequence")
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+
+def test_a_record_names_the_split_of_its_config(sequence) -> None:
+    assert sequence.split_text("snail/omniglot_5w1s.yaml") == "santoro (1,200 / 423 characters)"
+
+
+def test_the_training_curve_says_whether_it_was_still_rising(sequence) -> None:
+    rising = [{"step": 100 * i, "train/acc": 0.5 + 0.004 * i} for i in range(1, 101)]
+    flat = [{"step": 100 * i, "train/acc": 0.9 + (0.01 if i % 2 else -0.01)} for i in range(1, 101)]
+    assert sequence.training_status(rising).startswith("still rising: training query accuracy")
+    assert sequence.training_status(flat).startswith("flat: ")
+    assert sequence.training_status(rising[:7]) is None
