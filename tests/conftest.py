@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -13,6 +16,15 @@ from lit_meta.data.datasets import MetaDataset, TensorClassDataset
 from lit_meta.data.datasets.base import SplitName
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (its sibling imports resolve while it loads)."""
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
 
 
 def omniglot_dir() -> Path:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from types import ModuleType
 
 import pytest
 import torch
 
-from ..conftest import REPO_ROOT
+from ..conftest import REPO_ROOT, import_benchmark
 
 PUBLISHED = "vinyals, rotations 0, 90, 180, 270"
 
 
 @pytest.fixture(scope="module")
 def budget() -> ModuleType:
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("omniglot_budget")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    return import_benchmark("omniglot_budget")
 
 
 def test_a_curve_whose_best_point_is_in_its_last_fifth_is_still_rising(budget) -> None:

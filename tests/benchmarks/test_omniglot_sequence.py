@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from types import ModuleType
 
 import pytest
 
-from ..conftest import REPO_ROOT
+from ..conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def sequence() -> ModuleType:
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        return importlib.import_module("omniglot_sequence")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    return import_benchmark("omniglot_sequence")
 
 
 def test_a_record_names_the_split_of_its_config(sequence) -> None:
