@@ -160,3 +160,43 @@ def test_meta_training_on_the_glyphs_beats_chance_on_new_characters(tmp_path) ->
     (results,) = trainer.test(model, dm, verbose=False)
     assert results["test/acc"] > 0.55, results
     assert results["test/acc_instance_3"] > results["test/acc_instance_1"], results
+
+
+def test_the_ports_write_gate_comes_from_the_controller_and_writes_a_separate_vector() -> None:
+    """``write_gate="controller"``: sigma(alpha_t) is emitted per head and step from h_t; with it
+    closed, a head writes wholly to its least-used slot, and with it open, to the slots it read last.
+    ``write_content="add"``: what lands in memory is tanh(W_a h_t + b), not the read key."""
+    cell = LRUAMemoryCell(
+        input_size=FEATURES, controller_size=16, slots=8, width=5, heads=2, write_gate="controller", write_content="add"
+    )
+    assert isinstance(cell.gate, nn.Linear) and cell.add is not None
+    x = torch.randn(1, FEATURES)
+    usage = torch.tensor([[5.0, 0.3, 4.0, 0.1, 2.0, 3.0, 6.0, 7.0]])  # least used: slot 3, then slot 1
+    read_weights = torch.nn.functional.one_hot(torch.tensor([[6, 7]]), 8).float()
+    for bias, expected_slots in ((-50.0, [3, 1]), (50.0, [6, 7])):
+        state = cell.initial_state(1, x)._replace(usage=usage, read_weights=read_weights)
+        with torch.no_grad():
+            cell.gate.weight.zero_()
+            cell.gate.bias.fill_(bias)
+            _, after, access = cell(x, state)
+            added = torch.tanh(cell.add(after.hidden)).view(1, 2, 5)
+            keys = torch.tanh(cell.key(after.hidden)).view(1, 2, 5)
+        assert access.write_weights[0].argmax(-1).tolist() == expected_slots
+        torch.testing.assert_close(after.memory[0, expected_slots], added[0])
+        assert not torch.allclose(added, keys)
+    with torch.no_grad():  # the gate now depends on the step: different items, different gates
+        cell.gate.weight.normal_()
+        cell.gate.bias.zero_()
+        two = torch.randn(2, FEATURES)
+        state = cell.initial_state(2, two)._replace(
+            usage=usage.expand(2, -1), read_weights=read_weights.expand(2, -1, -1)
+        )
+        _, _, access = cell(two, state)
+    assert not torch.allclose(access.write_weights[0], access.write_weights[1])
+
+
+@pytest.mark.parametrize("option", [{"write_gate": "scalar"}, {"write_content": "erase"}])
+def test_an_unknown_write_option_is_one_clear_error(option: dict[str, str]) -> None:
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=name):
+        LRUAMemoryCell(input_size=FEATURES, **option)  # type: ignore[arg-type]

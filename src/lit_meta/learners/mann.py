@@ -6,7 +6,7 @@ Memory-Augmented Neural Networks", ICML, arXiv:1605.06065.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,15 @@ from torch import Tensor, nn
 
 from lit_meta.data.sequence import LabelInput
 from lit_meta.learners.sequence import SequenceMetaLearner
+
+WriteGate = Literal["parameter", "controller"]
+"""Where the write gate ``sigma(alpha)`` of Eq. 7 comes from: ``"parameter"``, one learned scalar per
+head (the paper's "scalar gate parameter"); ``"controller"``, emitted by the controller at every step,
+``sigma(W_alpha h_t + b)`` per head (as the public ports: tristandeleu/ntm-one-shot and others)."""
+
+WriteContent = Literal["key", "add"]
+"""What a head adds to memory where it writes (Eq. 8): ``"key"``, its read key ``k_t`` (the paper's
+equation); ``"add"``, a separate vector ``a_t = tanh(W_a h_t + b)`` (as the public ports, after the NTM)."""
 
 
 class MemoryState(NamedTuple):
@@ -55,12 +64,14 @@ class LRUAMemoryCell(nn.Module):
     2. each head ``h`` emits a key ``k_t = tanh(W_k h_t)`` (the paper does not name the
        nonlinearity; tanh bounds what is written);
     3. **write** (least recently used access): the write weights interpolate, through a
-       learned sigmoid gate ``sigma(alpha)`` (a scalar per head, Eq. 7), between the head's
+       sigmoid gate ``sigma(alpha)`` (Eq. 7: a learned scalar per head, or with
+       ``write_gate="controller"`` emitted by the controller at each step), between the head's
        previous read weights and the previous least-used weights,
        ``w^w_t = sigma(alpha) w^r_{t-1} + (1 - sigma(alpha)) w^lu_{t-1}``; before writing, the
        least-used slot (smallest ``w^u_{t-1}``) is set to zero; then every head adds **its
        key** where it writes, ``M_t(i) = M_{t-1}(i) + w^w_t(i) k_t`` (Eq. 8: the paper writes
-       the key used for reading, not a separate add vector as some ports do);
+       the key used for reading; ``write_content="add"`` writes a separate vector instead, as the
+       public ports do);
     4. **read**: each head's read weights are a softmax over slots of the cosine similarity
        between its key and each memory row (Eq. 2-3), ``r_t = sum_i w^r_t(i) M_t(i)`` (Eq. 4);
     5. the usage weights decay by ``gamma`` and add this step's reads and writes,
@@ -84,6 +95,8 @@ class LRUAMemoryCell(nn.Module):
         width: memory columns, the key size (40).
         heads: read heads, each with its own key and write (4).
         usage_decay: ``gamma`` of the usage weights.
+        write_gate: where ``sigma(alpha)`` comes from (:data:`WriteGate`).
+        write_content: what a head writes (:data:`WriteContent`).
     """
 
     def __init__(
@@ -94,8 +107,14 @@ class LRUAMemoryCell(nn.Module):
         width: int = 40,
         heads: int = 4,
         usage_decay: float = 0.95,
+        write_gate: WriteGate = "parameter",
+        write_content: WriteContent = "key",
     ) -> None:
         super().__init__()
+        if write_gate not in ("parameter", "controller"):
+            raise ValueError(f"write_gate={write_gate!r}: expected 'parameter' or 'controller'")
+        if write_content not in ("key", "add"):
+            raise ValueError(f"write_content={write_content!r}: expected 'key' or 'add'")
         if heads > slots:
             raise ValueError(f"heads={heads} but slots={slots}: every head needs its own least-used slot")
         if not 0.0 <= usage_decay <= 1.0:
@@ -103,7 +122,12 @@ class LRUAMemoryCell(nn.Module):
         self.slots, self.width, self.heads, self.usage_decay = slots, width, heads, usage_decay
         self.controller = nn.LSTMCell(input_size + heads * width, controller_size)
         self.key = nn.Linear(controller_size, heads * width)
-        self.gate = nn.Parameter(torch.zeros(heads))  # alpha of Eq. 7, one scalar per head
+        self.write_gate, self.write_content = write_gate, write_content
+        if write_gate == "parameter":
+            self.gate = nn.Parameter(torch.zeros(heads))  # alpha of Eq. 7, one scalar per head
+        else:
+            self.gate = nn.Linear(controller_size, heads)  # alpha_t of each head, from h_t
+        self.add = nn.Linear(controller_size, heads * width) if write_content == "add" else None
         self.output_size = controller_size + heads * width
 
     def initial_state(self, tasks: int, like: Tensor) -> MemoryState:
@@ -126,11 +150,13 @@ class LRUAMemoryCell(nn.Module):
         keys = torch.tanh(self.key(hidden)).view(-1, self.heads, self.width)
         order = torch.argsort(state.usage, dim=-1, stable=True)  # least used first
         least_used = F.one_hot(order[:, : self.heads], self.slots).to(x.dtype)  # [tasks, heads, slots]
-        gate = torch.sigmoid(self.gate).view(1, -1, 1)
+        alpha = self.gate.view(1, -1) if self.write_gate == "parameter" else self.gate(hidden)
+        gate = torch.sigmoid(alpha).unsqueeze(-1)  # [1 or tasks, heads, 1]
         write_weights = gate * state.read_weights + (1 - gate) * least_used
+        written = keys if self.add is None else torch.tanh(self.add(hidden)).view(-1, self.heads, self.width)
         cleared = order[:, 0]
         memory = state.memory * (1 - F.one_hot(cleared, self.slots).to(x.dtype)).unsqueeze(-1)
-        memory = memory + write_weights.transpose(1, 2) @ keys
+        memory = memory + write_weights.transpose(1, 2) @ written
         similarity = F.cosine_similarity(keys.unsqueeze(2), memory.unsqueeze(1), dim=-1, eps=1e-8)
         read_weights = similarity.softmax(dim=-1)  # [tasks, heads, slots]
         reads = (read_weights @ memory).flatten(1)
@@ -159,6 +185,12 @@ class MANN(SequenceMetaLearner):
     episode (``ways=5, shots=10``), memory 128 x 40, 4 read heads, a 200-unit LSTM
     controller, 100,000 episodes (the paper's batch size and optimiser are in the configs).
 
+    The defaults follow the letter of Eq. 7-8: a learned scalar write gate per head, and each
+    head writes its read key. The public ports emit the gate from the controller at every step
+    and write a separate add vector (``write_gate="controller", write_content="add"``); on
+    Omniglot that learns faster, and ``configs/mann/omniglot_5w10s.yaml`` uses it (measured in
+    ``benchmarks/notes/model_based.md``).
+
     Args:
         backbone: the item encoder; its output is flattened to ``embedding_dim`` features.
         ways: classes per episode (the label channel and the outputs).
@@ -168,6 +200,8 @@ class MANN(SequenceMetaLearner):
         memory_width: memory columns.
         read_heads: read (and write) heads.
         usage_decay: ``gamma`` of the usage weights (Eq. 5).
+        write_gate: where the write gate comes from (:data:`WriteGate`; Eq. 7).
+        write_content: what a head writes (:data:`WriteContent`; Eq. 8).
         **kwargs: the arguments of :class:`~lit_meta.learners.base.MetaLearner`.
     """
 
@@ -184,13 +218,16 @@ class MANN(SequenceMetaLearner):
         memory_width: int = 40,
         read_heads: int = 4,
         usage_decay: float = 0.95,
+        write_gate: WriteGate = "parameter",
+        write_content: WriteContent = "key",
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, ways=ways, **kwargs)
         self.embedding_dim = embedding_dim
         self.cell = LRUAMemoryCell(
-            embedding_dim + ways, controller_size, memory_slots, memory_width, read_heads, usage_decay
-        )
+            embedding_dim + ways, controller_size, memory_slots, memory_width, read_heads, usage_decay,
+            write_gate, write_content,
+        )  # fmt: skip
         self.classifier = nn.Linear(self.cell.output_size, ways)
 
     def run(self, sequence: Tensor) -> tuple[Tensor, MemoryState, list[MemoryAccess]]:
