@@ -18,7 +18,8 @@ training accuracy by presentation, which the report does not draw.
         -- --data.meta_batch_size 8 --model.init_args.meta_lr 0.001
     python benchmarks/omniglot_sequence.py --config configs/mann/omniglot_5w10s.yaml --run-dir /tmp/runs/mann
 
-Arguments after ``--`` go to ``lit-meta fit`` (and are recorded with the command).
+Arguments after ``--`` go to ``lit-meta fit`` (and are recorded with the command); its
+``--model.*`` arguments go to the tests of its checkpoint as well.
 
 ``--run-dir`` reports a ``lit-meta fit`` of the config made by hand (its logs and
 ``last.ckpt`` under that folder) instead of starting one. Omniglot is read from ``--data``
@@ -154,6 +155,18 @@ def test(config: Path, checkpoint: Path, save_dir: Path, extra: list[str], args:
     return {**metrics, "command": shlex.join(command)}
 
 
+def model_arguments(fit_command: list[str]) -> list[str]:
+    """The ``--model.*`` arguments of the fit (``--model.x value`` or ``--model.x=value``), which the
+    tests of its checkpoint need too: a model built otherwise does not load it."""
+    picked = []
+    for i, word in enumerate(fit_command):
+        if word.startswith("--model.") and "=" in word:
+            picked.append(word)
+        elif word.startswith("--model.") and i + 1 < len(fit_command):
+            picked += [word, fit_command[i + 1]]
+    return picked
+
+
 def episodes_per_step(config: dict, fit_command: list[str]) -> int:
     """The meta-batch size of the fit: the command's ``--data.meta_batch_size`` or the config's."""
     for i, word in enumerate(fit_command):
@@ -285,6 +298,7 @@ def main() -> None:
     curve = training_curve(run_dir)
     config = yaml.safe_load(args.config.read_text())
     per_step = episodes_per_step(config, shlex.split(fit_command))
+    model = model_arguments(shlex.split(fit_command))
     checkpoint = last_checkpoint(run_dir)
     result = {
         "config": config_name(args.config),
@@ -294,11 +308,11 @@ def main() -> None:
         "episodes_per_step": per_step,
         "steps": int(max(r["step"] for r in curve)) + 1,
         "paper": PAPER.get(config_name(args.config)),
-        "test": test(args.config, checkpoint, args.out / "logs" / f"{name}_test", [], args),
+        "test": test(args.config, checkpoint, args.out / "logs" / f"{name}_test", model, args),
         "curve": curve,
     }
     if config_name(args.config).startswith("mann/"):
-        extra = ["--data.eval_shots", "1", "--data.eval_queries", "15"]
+        extra = [*model, "--data.eval_shots", "1", "--data.eval_queries", "15"]
         result["one_shot"] = test(args.config, checkpoint, args.out / "logs" / f"{name}_test_5w1s", extra, args)
     result_path.write_text(json.dumps(result, indent=1))
     report(result)

@@ -24,3 +24,19 @@ def test_the_training_curve_says_whether_it_was_still_rising(sequence) -> None:
     assert sequence.training_status(rising).startswith("still rising: training query accuracy")
     assert sequence.training_status(flat).startswith("flat: ")
     assert sequence.training_status(rising[:7]) is None
+
+
+def test_the_fit_model_arguments_reach_the_tests_of_its_checkpoint(sequence) -> None:
+    """A fit with ``--model.*`` overrides builds another network than the config's; the tests of its
+    checkpoint get the same overrides (both spellings), and nothing else of the fit command."""
+    fit = [
+        "lit-meta", "fit", "--config", "configs/mann/omniglot_5w10s.yaml", "--data.meta_batch_size", "4",
+        "--model.init_args.write_gate", "controller", "--trainer.max_steps", "25000",
+        "--model.init_args.write_content=add",
+    ]  # fmt: skip
+    assert sequence.model_arguments(fit) == [
+        "--model.init_args.write_gate",
+        "controller",
+        "--model.init_args.write_content=add",
+    ]
+    assert sequence.model_arguments(fit[:5]) == []
