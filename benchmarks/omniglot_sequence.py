@@ -19,7 +19,7 @@ training accuracy by presentation, which the report does not draw.
     python benchmarks/omniglot_sequence.py --config configs/mann/omniglot_5w10s.yaml --run-dir /tmp/runs/mann
 
 Arguments after ``--`` go to ``lit-meta fit`` (and are recorded with the command); its
-``--model.*`` arguments go to the tests of its checkpoint as well.
+``--model`` and ``--model.*`` arguments go to the tests of its checkpoint as well.
 
 ``--run-dir`` reports a ``lit-meta fit`` of the config made by hand (its logs and
 ``last.ckpt`` under that folder) instead of starting one. Omniglot is read from ``--data``
@@ -156,13 +156,16 @@ def test(config: Path, checkpoint: Path, save_dir: Path, extra: list[str], args:
 
 
 def model_arguments(fit_command: list[str]) -> list[str]:
-    """The ``--model.*`` arguments of the fit (``--model.x value`` or ``--model.x=value``), which the
-    tests of its checkpoint need too: a model built otherwise does not load it."""
+    """The ``--model`` and ``--model.*`` arguments of the fit (``--model.x value`` or ``--model.x=value``),
+    which the tests of its checkpoint need too: a model built otherwise does not load it."""
     picked = []
     for i, word in enumerate(fit_command):
-        if word.startswith("--model.") and "=" in word:
+        name = word.split("=", 1)[0]
+        if name != "--model" and not name.startswith("--model."):
+            continue
+        if "=" in word:
             picked.append(word)
-        elif word.startswith("--model.") and i + 1 < len(fit_command):
+        elif i + 1 < len(fit_command):
             picked += [word, fit_command[i + 1]]
     return picked
 

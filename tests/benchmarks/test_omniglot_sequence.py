@@ -40,3 +40,5 @@ def test_the_fit_model_arguments_reach_the_tests_of_its_checkpoint(sequence) -> 
         "--model.init_args.write_content=add",
     ]
     assert sequence.model_arguments(fit[:5]) == []
+    whole = ["--model", "lit_meta.SNAIL", "--model_checkpoint", "x", "--model=configs/m.yaml"]
+    assert sequence.model_arguments(whole) == ["--model", "lit_meta.SNAIL", "--model=configs/m.yaml"]
