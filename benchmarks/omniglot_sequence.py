@@ -300,8 +300,8 @@ def main() -> None:
         fit_command, wall = args.fit_command, float("nan")
     curve = training_curve(run_dir)
     config = yaml.safe_load(args.config.read_text())
-    per_step = episodes_per_step(config, shlex.split(fit_command))
-    model = model_arguments(shlex.split(fit_command))
+    fit_words = shlex.split(fit_command)
+    per_step, model = episodes_per_step(config, fit_words), model_arguments(fit_words)
     checkpoint = last_checkpoint(run_dir)
     result = {
         "config": config_name(args.config),
