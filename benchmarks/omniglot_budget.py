@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 from results_log import record_result
-from subprocess_runs import allocator_environment, log_versions, version_number
+from subprocess_runs import allocator_environment, log_versions, resume_differences, version_number
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
@@ -139,10 +139,6 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
     return result
 
 
-# What a resumed run may change in the command; everything else must be as the earlier part ran it.
-RESUME_ARGUMENTS = ("--trainer.max_time", "--trainer.max_steps", "--ckpt_path", "--trainer.callbacks.init_args.dirpath")
-
-
 RESUMES = "resumes.json"  # in a run's folder: {Lightning log folder: the global step its part resumed from}
 
 
@@ -226,22 +222,13 @@ def resume_arguments(save_dir: Path, command: list[str]) -> dict:
     if not record.is_file() or not checkpoints:
         raise SystemExit(f"--resume: no finished run with a last.ckpt under {save_dir}")
     earlier = json.loads(record.read_text())
-    ours, theirs = (comparable(c) for c in (command, shlex.split(earlier["command"])))
-    if ours != theirs:
-        differing = sorted(set(ours.items()) ^ set(theirs.items()))
+    if differing := resume_differences(command, shlex.split(earlier["command"])):
         raise SystemExit(f"--resume: {save_dir} ran another command; differing arguments: {differing}")
     import torch
 
     checkpoint = checkpoints[-1]
     step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
     return {"checkpoint": str(checkpoint), "dirpath": str(checkpoint.parent), "step": step, "earlier": earlier}
-
-
-def comparable(command: list[str]) -> dict[str, str]:
-    """A ``lit-meta fit`` command's arguments without those a resume changes; the config by its name under configs/."""
-    pairs = dict(zip(command[2::2], command[3::2], strict=True))
-    pairs["--config"] = "/".join(Path(pairs["--config"]).parts[-3:])
-    return {key: value for key, value in pairs.items() if key not in RESUME_ARGUMENTS}
 
 
 def data_config(config: Path) -> dict:

@@ -21,6 +21,12 @@ training accuracy by presentation, which the report does not draw.
 Arguments after ``--`` go to ``lit-meta fit`` (and are recorded with the command); its
 ``--model`` and ``--model.*`` arguments go to the tests of its checkpoint as well.
 
+``--resume`` continues the run under ``--out`` from its newest checkpoint, with ``--minutes`` as the
+total training time (Lightning's Timer restores the time already spent from the checkpoint) and
+otherwise the same command: the same arguments after ``--``, so the same data and hyperparameters;
+a command that differs in anything else is refused. The continued fit logs into a
+new Lightning version, and the training curve joins the versions by step.
+
 ``--run-dir`` reports a ``lit-meta fit`` of the config made by hand (its logs and
 ``last.ckpt`` under that folder) instead of starting one. Omniglot is read from ``--data``
 (default ``../shared/data``), decoded once into ``--cache``.
@@ -42,7 +48,7 @@ from pathlib import Path
 import yaml
 
 from results_log import record_result
-from subprocess_runs import log_versions
+from subprocess_runs import log_versions, resume_differences
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCES = (1, 2, 3, 4, 5, 10)
@@ -71,8 +77,8 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
 
 
-def fit(config: Path, run_dir: Path, args: argparse.Namespace) -> tuple[str, float]:
-    command = [
+def fit_command(config: Path, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    return [
         "lit-meta", "fit", "--config", str(config), *data_arguments(config, args),
         "--trainer.max_time", f"00:{args.minutes // 60:02d}:{args.minutes % 60:02d}:00",
         "--trainer.default_root_dir", str(run_dir),
@@ -82,6 +88,9 @@ def fit(config: Path, run_dir: Path, args: argparse.Namespace) -> tuple[str, flo
         "--test_after_fit", "false",
         *args.fit_arguments,
     ]  # fmt: skip
+
+
+def fit(command: list[str], args: argparse.Namespace) -> tuple[str, float]:
     start = time.perf_counter()
     subprocess.run(command, check=True, env=environment(args))
     return shlex.join(command), time.perf_counter() - start
@@ -137,6 +146,25 @@ def last_checkpoint(run_dir: Path) -> Path:
     if not found:
         raise SystemExit(f"no checkpoint under {run_dir}")
     return found[-1]
+
+
+def resume(command: list[str], run_dir: Path, result_path: Path) -> dict:
+    """The newest checkpoint of the fit under ``run_dir`` and that fit's result, checked against ``command``.
+
+    Raises:
+        SystemExit: there is no earlier result or checkpoint, or the earlier fit ran another command
+            (other than in its time or step budget): its episode stream or hyperparameters would not continue.
+    """
+    if not result_path.is_file() or not run_dir.is_dir():
+        raise SystemExit(f"--resume: no finished run of this config under {run_dir.parent.parent} ({result_path.name})")
+    earlier = json.loads(result_path.read_text())
+    if differing := resume_differences(command, shlex.split(earlier["fit_command"])):
+        raise SystemExit(f"--resume: {run_dir} ran another command; differing arguments: {differing}")
+    import torch
+
+    checkpoint = last_checkpoint(run_dir)
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    return {"checkpoint": checkpoint, "step": step, "earlier": earlier}
 
 
 def test(config: Path, checkpoint: Path, save_dir: Path, extra: list[str], args: argparse.Namespace) -> dict:
@@ -252,6 +280,11 @@ def record(result: dict, args: argparse.Namespace) -> None:
     common = {"learner": learner, "test_episodes": int(float(test.get("test/episodes", 600))),
               "train_steps": result["steps"], "train_episodes": result["steps"] * result["episodes_per_step"],
               "split": split_text(config), "note": f"lit-meta command: {result['fit_command']}"}  # fmt: skip
+    if resumed := result.get("resumed"):
+        common["note"] += (
+            f"; resumed at step {resumed['from_step']:,} from an earlier run of {resumed['earlier_steps']:,} steps"
+            f" (its command: {resumed['earlier_command']}); the budget is the training time of both parts"
+        )
     if status := training_status(result["curve"]):
         common["status"] = status
     budget = {"steps": result["steps"]} if args.run_dir else {"minutes": args.minutes}
@@ -277,6 +310,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--minutes", type=int, default=90, help="training time")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run under --out; --minutes is then the total training time"
+    )
     parser.add_argument("--run-dir", type=Path, help="report this run of the config instead of starting one")
     parser.add_argument("--fit-command", default="", help="with --run-dir: the command that made it, to record")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (OMP_NUM_THREADS)")
@@ -293,27 +329,40 @@ def main() -> None:
     if args.plot_only:
         plot(json.loads(result_path.read_text()), png)
         return
+    if args.resume and args.run_dir:
+        parser.error("--resume continues the run under --out, not a --run-dir")
     run_dir = args.run_dir or args.out / "logs" / name
+    resumed = None
     if args.run_dir is None:
-        fit_command, wall = fit(args.config, run_dir, args)
+        command = fit_command(args.config, run_dir, args)
+        if args.resume:
+            resumed = resume(command, run_dir, result_path)
+            command += ["--ckpt_path", str(resumed["checkpoint"])]
+        fit_command_text, wall = fit(command, args)
     else:
-        fit_command, wall = args.fit_command, float("nan")
+        fit_command_text, wall = args.fit_command, float("nan")
     curve = training_curve(run_dir)
     config = yaml.safe_load(args.config.read_text())
-    fit_words = shlex.split(fit_command)
+    fit_words = shlex.split(fit_command_text)
     per_step, model = episodes_per_step(config, fit_words), model_arguments(fit_words)
     checkpoint = last_checkpoint(run_dir)
     result = {
         "config": config_name(args.config),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "fit_command": fit_command,
-        "fit_wall_s": wall,
+        "fit_command": fit_command_text,
+        "fit_wall_s": wall + (resumed["earlier"]["fit_wall_s"] if resumed else 0.0),
         "episodes_per_step": per_step,
         "steps": int(max(r["step"] for r in curve)) + 1,
         "paper": PAPER.get(config_name(args.config)),
         "test": test(args.config, checkpoint, args.out / "logs" / f"{name}_test", model, args),
         "curve": curve,
     }
+    if resumed is not None:
+        result["resumed"] = {
+            "from_step": resumed["step"],
+            "earlier_command": resumed["earlier"]["fit_command"],
+            "earlier_steps": resumed["earlier"]["steps"],
+        }
     if config_name(args.config).startswith("mann/"):
         extra = [*model, "--data.eval_shots", "1", "--data.eval_queries", "15"]
         result["one_shot"] = test(args.config, checkpoint, args.out / "logs" / f"{name}_test_5w1s", extra, args)

@@ -63,3 +63,36 @@ def version_number(version: Path) -> int:
 def log_versions(save_dir: Path) -> list[Path]:
     """The Lightning log folders (``lightning_logs/version_N``) of the runs logged under ``save_dir``, oldest first."""
     return sorted((save_dir / "lightning_logs").iterdir(), key=version_number)
+
+
+def command_options(command: list[str]) -> dict[str, str]:
+    """The options of a ``lit-meta <verb>`` command by name, spelt ``--name value`` or ``--name=value``.
+
+    An option given twice keeps its last value, as the command line does.
+    """
+    options: dict[str, str] = {}
+    words = iter(command[2:])
+    for word in words:
+        if not word.startswith("--"):
+            raise ValueError(f"{word!r} in {command}: expected an option (--name value or --name=value)")
+        name, equals, value = word.partition("=")
+        options[name] = value if equals else next(words, "")
+    return options
+
+
+# What a continued run may change in its ``lit-meta fit`` command; everything else must be as the earlier part ran it.
+RESUME_ARGUMENTS = ("--trainer.max_time", "--trainer.max_steps", "--ckpt_path", "--trainer.callbacks.init_args.dirpath")
+
+
+def resume_differences(command: list[str], earlier: list[str]) -> list[tuple[str, str]]:
+    """The options in which ``command`` would not continue the run ``earlier`` made, as (name, value) pairs of
+    either; empty when they differ only in :data:`RESUME_ARGUMENTS`. A config is compared by its name under
+    ``configs/`` (its last three path parts), so a run from another checkout compares equal."""
+
+    def comparable(words: list[str]) -> dict[str, str]:
+        options = command_options(words)
+        if "--config" in options:
+            options["--config"] = "/".join(Path(options["--config"]).parts[-3:])
+        return {name: value for name, value in options.items() if name not in RESUME_ARGUMENTS}
+
+    return sorted(set(comparable(command).items()) ^ set(comparable(earlier).items()))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from types import ModuleType
 
 import pytest
+import torch
 
 from ..conftest import import_benchmark
 
@@ -42,3 +46,40 @@ def test_the_fit_model_arguments_reach_the_tests_of_its_checkpoint(sequence) -> 
     assert sequence.model_arguments(fit[:5]) == []
     whole = ["--model", "lit_meta.SNAIL", "--model_checkpoint", "x", "--model=configs/m.yaml"]
     assert sequence.model_arguments(whole) == ["--model", "lit_meta.SNAIL", "--model=configs/m.yaml"]
+
+
+def earlier_fit(out, fit_command: str, step: int = 300):
+    """A finished run of the SNAIL 5w1s config under ``out``: its result and two checkpoints, the newer at ``step``."""
+    checkpoints = out / "logs" / "snail_omniglot_5w1s" / "lightning_logs" / "version_0" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({"global_step": 100}, checkpoints / "epoch=0-step=100.ckpt")
+    newest = checkpoints / f"epoch=1-step={step}.ckpt"
+    torch.save({"global_step": step}, newest)
+    os.utime(newest, (time.time() + 5, time.time() + 5))
+    result = {"fit_command": fit_command, "steps": step, "fit_wall_s": 600.0}
+    (out / "snail_omniglot_5w1s_result.json").write_text(json.dumps(result))
+    return newest
+
+
+def test_resume_continues_from_the_newest_checkpoint_with_only_the_budget_changed(sequence, tmp_path) -> None:
+    newest = earlier_fit(
+        tmp_path,
+        "lit-meta fit --config /elsewhere/configs/snail/omniglot_5w1s.yaml --trainer.max_time 00:00:55:00 "
+        "--data.meta_batch_size 8 --model.init_args.meta_lr=0.001",
+    )
+    now = ["lit-meta", "fit", "--config", "/here/configs/snail/omniglot_5w1s.yaml", "--trainer.max_time",
+           "00:02:00:00", "--data.meta_batch_size=8", "--model.init_args.meta_lr", "0.001"]  # fmt: skip
+    run_dir = tmp_path / "logs" / "snail_omniglot_5w1s"
+    resumed = sequence.resume(now, run_dir, tmp_path / "snail_omniglot_5w1s_result.json")
+    assert resumed["checkpoint"] == newest and resumed["step"] == 300
+    assert resumed["earlier"]["fit_wall_s"] == 600.0
+
+
+def test_resume_refuses_another_command_or_a_missing_run(sequence, tmp_path) -> None:
+    run_dir, result = tmp_path / "logs" / "snail_omniglot_5w1s", tmp_path / "snail_omniglot_5w1s_result.json"
+    command = ["lit-meta", "fit", "--config", "configs/snail/omniglot_5w1s.yaml", "--data.meta_batch_size", "8"]
+    with pytest.raises(SystemExit, match="no finished run"):
+        sequence.resume(command, run_dir, result)
+    earlier_fit(tmp_path, "lit-meta fit --config configs/snail/omniglot_5w1s.yaml --data.meta_batch_size 32")
+    with pytest.raises(SystemExit, match=r"data\.meta_batch_size"):
+        sequence.resume(command, run_dir, result)

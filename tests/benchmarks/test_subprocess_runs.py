@@ -1,0 +1,29 @@
+"""How the benchmarks read a ``lit-meta`` command they ran, to continue its run."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import pytest
+
+from ..conftest import import_benchmark
+
+
+@pytest.fixture(scope="module")
+def runs() -> ModuleType:
+    return import_benchmark("subprocess_runs")
+
+
+def test_options_are_read_in_both_spellings_and_the_last_of_a_repeated_one_counts(runs) -> None:
+    command = ["lit-meta", "fit", "--config", "c.yaml", "--data.ways=5", "--data.ways", "20", "--model.x", "a=b"]
+    assert runs.command_options(command) == {"--config": "c.yaml", "--data.ways": "20", "--model.x": "a=b"}
+    with pytest.raises(ValueError, match="expected an option"):
+        runs.command_options(["lit-meta", "fit", "--config", "c.yaml", "stray"])
+
+
+def test_a_continued_run_may_change_only_its_budget_and_checkpoint(runs) -> None:
+    earlier = ["lit-meta", "fit", "--config", "/a/configs/snail/x.yaml", "--trainer.max_time", "00:00:10:00"]
+    later = ["lit-meta", "fit", "--config=/b/configs/snail/x.yaml", "--trainer.max_time", "00:01:00:00",
+             "--ckpt_path", "last.ckpt", "--trainer.max_steps", "9"]  # fmt: skip
+    assert runs.resume_differences(later, earlier) == []
+    assert runs.resume_differences([*later, "--data.ways", "20"], earlier) == [("--data.ways", "20")]
