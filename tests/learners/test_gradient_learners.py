@@ -221,6 +221,60 @@ def test_maml_plus_plus_options():
     torch.testing.assert_close(learner.multi_step_weights(3), torch.full((3,), 1 / 3))
 
 
+def multi_step_reference(learner: MAML, batch: EpisodeBatch, weights: torch.Tensor) -> list[torch.Tensor]:
+    """MAML++'s multi-step loss written out: per task, the weighted query losses after every SGD step."""
+    net = learner.backbone
+    params = adaptable_parameters(net)
+    buffers = task_buffers(net)
+    rate = learner.hparams.inner_lr
+    losses = []
+    for ep in batch:
+        p, task = params, []
+        for _ in range(learner.hparams.inner_steps):
+            loss = F.cross_entropy(functional_forward(net, p, buffers, ep.support_x), ep.support_y)
+            grads = torch.autograd.grad(loss, list(p.values()), create_graph=True)
+            p = {n: w - rate * g for (n, w), g in zip(p.items(), grads, strict=True)}
+            task.append(F.cross_entropy(functional_forward(net, p, buffers, ep.query_x), ep.query_y))
+        losses.append((torch.stack(task) * weights).sum())
+    return list(torch.autograd.grad(torch.stack(losses).mean(), list(params.values())))
+
+
+@pytest.mark.parametrize("global_step", [0, 60])
+def test_the_multi_step_loss_gives_the_reference_meta_gradient_while_it_anneals(global_step, monkeypatch):
+    monkeypatch.setattr(MAML, "global_step", property(lambda self: global_step))
+    batch = a_batch(torch.float64)
+    learner = MAML(small_net(dtype=torch.float64), inner_lr=0.3, inner_steps=3, multi_step_loss_steps=100)
+    weights = learner.multi_step_weights(3)
+    torch.testing.assert_close(
+        weights, torch.tensor([1 / 3, 1 / 3, 1 / 3]) * (1 - global_step / 100) + torch.tensor([0, 0, global_step / 100])
+    )
+    expected = multi_step_reference(learner, batch, weights.double())
+    learner.meta_loss(batch).backward()
+    for p, g in zip(learner.backbone.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-12)
+
+
+def test_once_annealed_the_multi_step_loss_scores_the_query_set_once(monkeypatch):
+    """From step ``multi_step_loss_steps`` on only the last step's query loss has weight: the plain
+    meta-loss gives its value and gradient with one query pass per task, not one per inner step."""
+    monkeypatch.setattr(MAML, "global_step", property(lambda self: 100))
+    dm = datamodule(queries=3)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader())).to(torch.float64)
+    learner = MAML(
+        small_net(dtype=torch.float64), inner_lr=0.3, inner_steps=3, multi_step_loss_steps=100, execution="loop"
+    )
+    passes = []
+    learner.backbone.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))
+    assert not learner.multi_step_loss_active
+    learner.meta_loss(batch).backward()
+    assert passes.count(batch.query_x.shape[1]) == len(batch)  # 9 query rows; the support passes have 6
+    assert passes.count(batch.support_x.shape[1]) == 3 * len(batch)
+    expected = multi_step_reference(learner, batch, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    for p, g in zip(learner.backbone.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-12)
+
+
 def test_reptile_update_equals_its_closed_form_on_a_quadratic():
     """Loss_i(theta) = mean((theta - c_i)^2): SGD from theta gives phi_i = c_i + (1 - 2a/d)^k (theta - c_i)."""
     d, k, alpha, epsilon = 3, 4, 0.2, 0.5

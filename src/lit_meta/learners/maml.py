@@ -55,7 +55,8 @@ class MAML(GradientMetaLearner):
         inner_optimizer: ``"sgd"`` (the paper's) or ``"adam"``; Adam takes no learned rates.
         learn_inner_lr: learn a step size per parameter tensor and step (MAML++ LSLR).
         multi_step_loss_steps: training steps over which MAML++'s multi-step loss
-            anneals to the last step's loss; 0 disables it.
+            anneals to the last step's loss, which alone is computed from then on; 0
+            disables it.
         first_order_steps: training steps taken first-order before switching to
             second order (MAML++ derivative-order annealing).
         execution: how meta-training runs a meta-batch (evaluation always adapts
@@ -73,7 +74,9 @@ class MAML(GradientMetaLearner):
               ``"compiled"`` only when the Trainer plans enough training for the
               compilation to pay off, and ``"vmap"`` only when the activations of all
               tasks at once, estimated from one task's, fit ``vmap_memory_budget_mb``.
-              MAML++'s multi-step loss always runs the loop. Measured speeds and
+              MAML++'s multi-step loss runs the loop while it weighs the earlier
+              steps (the first ``multi_step_loss_steps`` training steps); the paths
+              are timed when it ends. Measured speeds and
               memory of each path: ``benchmarks/RESULTS.md``.
         vmap_memory_budget_mb: the memory ``execution="auto"`` may spend on the
             activations of the vmap path, estimated as the meta-batch size times
@@ -176,33 +179,45 @@ class MAML(GradientMetaLearner):
         after its forward pass and the task's graph freed, so memory stays that of
         one task (:meth:`~lit_meta.learners.gradient.GradientMetaLearner.per_task_meta_gradient`).
         """
-        if self.hparams.multi_step_loss_steps > 0:
+        if self.multi_step_loss_active:
             return self._multi_step_meta_loss(batch)
         return super().meta_loss(batch)
 
+    @property
+    def multi_step_loss_active(self) -> bool:
+        """Whether the multi-step loss still weighs the earlier inner steps' query losses: during the first
+        ``multi_step_loss_steps`` training steps. After them only the last step's loss counts
+        (:meth:`multi_step_weights`), which the plain meta-loss computes on any execution path
+        without scoring the query set after every step (as the authors' code switches to the final
+        step's loss once the annealing ends)."""
+        return self.global_step < self.hparams.multi_step_loss_steps
+
     def _multi_step_meta_loss(self, batch: EpisodeBatch) -> Tensor:
-        """MAML++'s multi-step loss: a weighted sum of the query losses after every inner step."""
+        """MAML++'s multi-step loss: a weighted sum of the query losses after every inner step, with
+        a backward per task (:meth:`~lit_meta.learners.gradient.GradientMetaLearner.per_task_meta_gradient`)."""
         steps = self.hparams.inner_steps
         weights = self.multi_step_weights(steps).to(batch.support_x.device)
         sizes = self.step_sizes(steps)
         sizes = sizes if isinstance(sizes, list) else [sizes] * steps
         params = adaptable_parameters(self.backbone)
         buffers = self.buffers_for_adaptation()
-        losses = []
-        for episode in batch:
-            current, task_losses = params, []
+
+        def task_losses(episode) -> tuple[Tensor, Tensor]:  # type: ignore[no-untyped-def]
+            current, query_losses, support_losses = params, [], []
             for s in range(steps):
                 result = adapt_and_score(
                     self.backbone, current, buffers, self.task_loss,
                     episode.support_x, episode.support_y, episode.query_x, episode.query_y,
                     steps=1, optimizer=self.configure_inner_optimizer(1, sizes[s]),
                     first_order=self.training_first_order, inner_params=self.inner_param_names,
-                    check_finite=self.checks_finite,
+                    check_finite=False,
                 )  # fmt: skip
                 current = result.params
-                task_losses.append(result.query_loss)
-            losses.append((torch.stack(task_losses) * weights).sum())
-        return torch.stack(losses).mean()
+                query_losses.append(result.query_loss)
+                support_losses.append(result.support_losses)
+            return (torch.stack(query_losses) * weights).sum(), torch.cat(support_losses)
+
+        return self.per_task_meta_gradient(batch, task_losses)
 
     def multi_step_weights(self, steps: int) -> Tensor:
         """Importance of each step's query loss (Antoniou et al., 2019, Section 4, MSL).
