@@ -192,22 +192,23 @@ def read_run(save_dir: Path) -> dict:
 def redone_points_equal(save_dir: Path) -> bool | None:
     """Whether the newest part's validations of the steps it trained again equal the earlier parts' (bitwise resume).
 
-    An earlier point at step ``s`` after the checkpoint is compared with the newest part's point at ``s``, or at
-    ``s + 1`` where Lightning logs the resumed run one step higher; an earlier point the newest part has no
-    counterpart for (the validation a time budget ends a run with, between two regular ones) is not compared.
-    ``None`` when the newest part did not resume or no earlier validation came after its checkpoint.
+    The earlier points after the checkpoint are paired with the newest part's at the same step, or all at one
+    step higher where Lightning logs the resumed run so (a checkpoint saved after an epoch's validation):
+    whichever offset pairs more of them. An earlier point the newest part has no counterpart for (the
+    validation a time budget ends a run with, between two regular ones) is not compared. ``None`` when the
+    newest part did not resume or no earlier validation came after its checkpoint.
     """
     *earlier, newest = log_versions(save_dir)
     start = resumed_from(save_dir).get(newest.name)
     if start is None:
         return None
     after = joined(save_dir, [newest])
-    redone = [
-        (acc, twin)
-        for step, acc in sorted(joined(save_dir, earlier).items())
-        if step > start and (twin := after.get(step, after.get(step + 1))) is not None
-    ]
-    return all(a == b for a, b in redone) if redone else None
+    before = [(step, acc) for step, acc in sorted(joined(save_dir, earlier).items()) if step > start]
+    pairs = max(
+        ([(acc, after[step + offset]) for step, acc in before if step + offset in after] for offset in (1, 0)),
+        key=len,
+    )
+    return all(a == b for a, b in pairs) if pairs else None
 
 
 def resume_arguments(save_dir: Path, command: list[str]) -> dict:

@@ -82,6 +82,18 @@ def test_a_resume_that_redid_a_validation_differently_says_so(budget, tmp_path) 
     assert budget.redone_points_equal(tmp_path) is None  # the newest part did not resume
 
 
+def test_a_time_budget_validation_one_step_after_a_regular_one_is_not_paired_with_it(budget, tmp_path) -> None:
+    """The earlier part validated at 2,399 and, as its time ran out, at 2,400. Resumed from the checkpoint of
+    step 2,200, the newest part logs its 2,299 and 2,399 validations at 2,300 and 2,400: its 2,400 is the
+    earlier 2,399, not the earlier 2,400 (a MetaNet run, whose redone validations were equal bit for bit)."""
+    write_part(tmp_path, 0, [{"step": 2199, "val/acc": 0.94}, {"step": 2299, "val/acc": 0.9325},
+                             {"step": 2399, "val/acc": 0.9336}, {"step": 2400, "val/acc": 0.9343}])  # fmt: skip
+    write_part(tmp_path, 1, [{"step": 2300, "val/acc": 0.9325}, {"step": 2400, "val/acc": 0.9336},
+                             {"step": 2500, "val/acc": 0.9495}])  # fmt: skip
+    (tmp_path / budget.RESUMES).write_text(json.dumps({"version_1": 2200}))
+    assert budget.redone_points_equal(tmp_path) is True
+
+
 def earlier_run(save_dir, command: str) -> None:
     checkpoints = save_dir / "lightning_logs" / "version_0" / "checkpoints"
     checkpoints.mkdir(parents=True)
