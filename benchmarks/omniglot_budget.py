@@ -49,7 +49,14 @@ import time
 from pathlib import Path
 
 from results_log import record_result
-from subprocess_runs import allocator_environment, log_versions, resume_differences, version_number
+from subprocess_runs import (
+    allocator_environment,
+    checkpoint_step,
+    log_versions,
+    resume_differences,
+    resumed_note,
+    version_number,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
@@ -225,10 +232,8 @@ def resume_arguments(save_dir: Path, command: list[str]) -> dict:
     earlier = json.loads(record.read_text())
     if differing := resume_differences(command, shlex.split(earlier["command"])):
         raise SystemExit(f"--resume: {save_dir} ran another command; differing arguments: {differing}")
-    import torch
-
     checkpoint = checkpoints[-1]
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    step = checkpoint_step(checkpoint)
     return {"checkpoint": str(checkpoint), "dirpath": str(checkpoint.parent), "step": step, "earlier": earlier}
 
 
@@ -316,10 +321,7 @@ def record(r: dict, args: argparse.Namespace) -> None:
     if "resumed" in r:
         resumed = r["resumed"]
         figures["resumed"] = resumed
-        figures["note"] += (
-            f"; resumed at step {resumed['from_step']:,} from an earlier run of {resumed['earlier_steps']:,} steps"
-            f" (its command: {resumed['earlier_command']}); wall time counts both parts"
-        )
+        figures["note"] += f"; {resumed_note(resumed)}; wall time counts both parts"
     # Both bound the run: a run can end on the config's steps well inside its minutes.
     overridden = dict(args.override or []).get("trainer.max_steps")
     steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"])

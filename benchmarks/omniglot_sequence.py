@@ -48,7 +48,7 @@ from pathlib import Path
 import yaml
 
 from results_log import record_result
-from subprocess_runs import log_versions, resume_differences
+from subprocess_runs import checkpoint_step, log_versions, resume_differences, resumed_note
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCES = (1, 2, 3, 4, 5, 10)
@@ -160,10 +160,8 @@ def resume(command: list[str], run_dir: Path, result_path: Path) -> dict:
     earlier = json.loads(result_path.read_text())
     if differing := resume_differences(command, shlex.split(earlier["fit_command"])):
         raise SystemExit(f"--resume: {run_dir} ran another command; differing arguments: {differing}")
-    import torch
-
     checkpoint = last_checkpoint(run_dir)
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    step = checkpoint_step(checkpoint)
     return {"checkpoint": checkpoint, "step": step, "earlier": earlier}
 
 
@@ -281,10 +279,7 @@ def record(result: dict, args: argparse.Namespace) -> None:
               "train_steps": result["steps"], "train_episodes": result["steps"] * result["episodes_per_step"],
               "split": split_text(config), "note": f"lit-meta command: {result['fit_command']}"}  # fmt: skip
     if resumed := result.get("resumed"):
-        common["note"] += (
-            f"; resumed at step {resumed['from_step']:,} from an earlier run of {resumed['earlier_steps']:,} steps"
-            f" (its command: {resumed['earlier_command']}); the budget is the training time of both parts"
-        )
+        common["note"] += f"; {resumed_note(resumed)}; the budget is the training time of both parts"
     if status := training_status(result["curve"]):
         common["status"] = status
     budget = {"steps": result["steps"]} if args.run_dir else {"minutes": args.minutes}

@@ -96,3 +96,19 @@ def resume_differences(command: list[str], earlier: list[str]) -> list[tuple[str
         return {name: value for name, value in options.items() if name not in RESUME_ARGUMENTS}
 
     return sorted(set(comparable(command).items()) ^ set(comparable(earlier).items()))
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The global step a Lightning checkpoint was saved at: where a run continued from it starts."""
+    import torch
+
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+
+
+def resumed_note(resumed: dict) -> str:
+    """What a continued run's record says of its earlier part: the step it resumed from, the earlier part's
+    steps and command (``resumed``: ``from_step``, ``earlier_steps``, ``earlier_command``)."""
+    return (
+        f"resumed at step {resumed['from_step']:,} from an earlier run of {resumed['earlier_steps']:,} steps"
+        f" (its command: {resumed['earlier_command']})"
+    )
