@@ -52,6 +52,7 @@ from results_log import record_result
 from subprocess_runs import (
     allocator_environment,
     checkpoint_step,
+    device_budget,
     log_versions,
     resume_differences,
     resumed_note,
@@ -326,6 +327,7 @@ def record(r: dict, args: argparse.Namespace) -> None:
     overridden = dict(args.override or []).get("trainer.max_steps")
     steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"])
     budget = {"minutes": r["minutes"], **({"steps": int(steps)} if steps else {})}
+    budget.update(device_budget(shlex.split(r["command"])))
     record_result("omniglot_accuracy", "accuracy", figures, budget=budget)
 
 

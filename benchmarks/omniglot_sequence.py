@@ -48,7 +48,7 @@ from pathlib import Path
 import yaml
 
 from results_log import record_result
-from subprocess_runs import checkpoint_step, log_versions, resume_differences, resumed_note
+from subprocess_runs import checkpoint_step, device_budget, log_versions, resume_differences, resumed_note
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCES = (1, 2, 3, 4, 5, 10)
@@ -283,6 +283,7 @@ def record(result: dict, args: argparse.Namespace) -> None:
     if status := training_status(result["curve"]):
         common["status"] = status
     budget = {"steps": result["steps"]} if args.run_dir else {"minutes": args.minutes}
+    budget.update(device_budget(shlex.split(result["fit_command"])))
     lines = []
     if "test/acc_instance_10" in test:
         paper = {"acc": MANN_PAPER["MANN"][-1], "source": "Santoro et al. 2016, Table 1"}

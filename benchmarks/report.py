@@ -8,7 +8,8 @@ Agg backend only), and is deterministic: the same lines give byte-identical mark
 PNGs carry no date or software metadata.
 
 Every line has ``kind``, ``command``, ``machine``, ``versions``, ``git``, ``date``, ``budget`` and
-``figures`` (``results_log.py``). What ``figures`` holds, by kind (fields marked ? may be absent):
+``figures`` (``results_log.py``); a ``budget`` with ``device`` (a GPU's name) ran on that GPU, any
+other on the line's CPU. What ``figures`` holds, by kind (fields marked ? may be absent):
 
 ``accuracy``: one test accuracy of one learner in one setting.
     ``learner``, ``setting`` (``"<dataset> <N>w<K>s"``, e.g. ``"omniglot 5w1s"``), ``split``?,
@@ -108,9 +109,16 @@ def acc_text(acc: float | None, ci: float | None) -> str:
 
 
 def budget_text(budget: dict[str, Any] | None) -> str:
+    """``{"minutes": 7, "steps": 60000, "device": "NVIDIA H200"}`` as ``7 minutes, 60,000 steps, on one NVIDIA H200``.
+
+    A budget without ``device`` ran on the CPU of the machine its line names.
+    """
     if not budget:
         return "-"
-    return ", ".join(f"{fmt(value)} {key}" for key, value in budget.items())
+    parts = [f"{fmt(value)} {key}" for key, value in budget.items() if key != "device"]
+    if budget.get("device"):
+        parts.append(f"on one {budget['device']}")
+    return ", ".join(parts)
 
 
 def commit_text(line: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ and the figures without running anything. A line holds:
 * ``kind``: what ``figures`` holds (``"accuracy"``, ``"speed"``, ``"curves"``, ...; the
   report documents each kind's fields);
 * ``command``: the command line that produced it, as a user would type it;
-* ``machine``: platform, CPU model, CPU count, torch threads;
+* ``machine``: platform, CPU model, CPU count, torch threads, the GPU (``nvidia-smi``'s name, or ``None``);
 * ``versions``: Python, torch and the packages of the measuring process that matter;
 * ``git``: the commit of this checkout and whether the tree had uncommitted changes;
 * ``date``: UTC, ISO 8601;
@@ -55,12 +55,29 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    facts: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count()}
+    facts: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "gpu": gpu_name()}
     torch = sys.modules.get("torch")
     if torch is not None:
         facts["torch_threads"] = torch.get_num_threads()
         facts["cuda"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return facts
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name as ``nvidia-smi`` gives it (``"NVIDIA H200"``), ``None`` without one.
+
+    Asked of ``nvidia-smi`` rather than torch, so a script that runs ``lit-meta`` in a subprocess and never
+    imports torch still records the GPU its runs had.
+    """
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = out.stdout.strip().splitlines()
+    return names[0].strip() if names else None
 
 
 def versions() -> dict[str, str]:
@@ -73,8 +90,17 @@ def versions() -> dict[str, str]:
     return found
 
 
+COPIED_COMMIT = "BENCHMARK_COPIED_FROM_COMMIT"
+"""Environment variable naming the commit of a checkout copied without its ``.git`` (to a GPU machine, say)."""
+
+
 def git_state() -> dict[str, Any]:
-    """The commit measured, and whether tracked code differed from it (the result files' own appends do not count)."""
+    """The commit measured, and whether tracked code differed from it (the result files' own appends do not count).
+
+    A copy of a checkout without its ``.git`` has no git state; where :data:`COPIED_COMMIT` names the commit
+    it was copied from, that commit is recorded with ``"copied": true`` (whether the copy was clean is the
+    copier's word, not checked).
+    """
     root = RESULTS.parents[1]
 
     def git(*args: str) -> str:
@@ -84,6 +110,8 @@ def git_state() -> dict[str, Any]:
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", *code_only))}
     except (OSError, subprocess.CalledProcessError):
+        if os.environ.get(COPIED_COMMIT):
+            return {"commit": os.environ[COPIED_COMMIT], "dirty": None, "copied": True}
         return {"commit": None, "dirty": None}
 
 

@@ -112,3 +112,16 @@ def resumed_note(resumed: dict) -> str:
         f"resumed at step {resumed['from_step']:,} from an earlier run of {resumed['earlier_steps']:,} steps"
         f" (its command: {resumed['earlier_command']})"
     )
+
+
+def device_budget(command: list[str]) -> dict[str, str]:
+    """``{"device": <GPU name>}`` where a ``lit-meta`` command ran on this machine's GPU, else ``{}``.
+
+    The Trainer's default accelerator (``"auto"``) takes the GPU where there is one, so a command ran
+    on it unless it asked for the CPU (``--trainer.accelerator cpu``). Budget scripts add this to a
+    run's ``budget``: minutes on an H200 are not minutes on this project's 2-core CPU.
+    """
+    from results_log import gpu_name
+
+    gpu = gpu_name()
+    return {"device": gpu} if gpu and command_options(command).get("--trainer.accelerator") != "cpu" else {}

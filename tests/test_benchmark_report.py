@@ -162,3 +162,11 @@ def test_a_row_without_a_status_says_where_its_validation_curve_peaked(module: M
     assert module.best_validation_text(flat) == "best validation 97.50 at step 7,000 of 10,000"
     rising = [[1000, 90.0, None], [2000, 95.0, None]]
     assert module.best_validation_text(rising) == "best validation 95.00 at its last step, 2,000"
+
+
+def test_a_budget_spent_on_a_gpu_says_which(module: ModuleType) -> None:
+    assert module.budget_text({"minutes": 7, "steps": 60000}) == "7 minutes, 60,000 steps"
+    assert (
+        module.budget_text({"minutes": 7, "steps": 60000, "device": "NVIDIA H200"})
+        == "7 minutes, 60,000 steps, on one NVIDIA H200"
+    )

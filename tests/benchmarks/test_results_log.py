@@ -41,3 +41,18 @@ def test_appending_results_leaves_the_commit_clean_and_a_code_change_does_not(tm
     with open(tmp_path / "benchmarks" / "results_log.py", "a") as code:
         code.write("\n# changed\n")
     assert state()["dirty"] is True
+
+
+def test_a_copy_without_git_records_the_commit_it_was_copied_from_only_when_told(tmp_path) -> None:
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "benchmarks" / "results_log.py", tmp_path / "benchmarks")
+
+    def state(**env: str) -> dict:
+        environment = {"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(tmp_path.parent), **env}
+        out = subprocess.run(
+            [sys.executable, "-c", STATE], cwd=tmp_path, capture_output=True, text=True, check=True, env=environment
+        )
+        return json.loads(out.stdout)
+
+    assert state() == {"commit": None, "dirty": None}
+    assert state(BENCHMARK_COPIED_FROM_COMMIT="abc123") == {"commit": "abc123", "dirty": None, "copied": True}

@@ -27,3 +27,15 @@ def test_a_continued_run_may_change_only_its_budget_and_checkpoint(runs) -> None
              "--ckpt_path", "last.ckpt", "--trainer.max_steps", "9"]  # fmt: skip
     assert runs.resume_differences(later, earlier) == []
     assert runs.resume_differences([*later, "--data.ways", "20"], earlier) == [("--data.ways", "20")]
+
+
+def test_a_run_is_booked_to_the_gpu_only_where_there_is_one_and_the_command_did_not_ask_for_the_cpu(
+    runs, monkeypatch
+) -> None:
+    results_log = import_benchmark("results_log")
+    fit = ["lit-meta", "fit", "--config", "c.yaml"]
+    monkeypatch.setattr(results_log, "gpu_name", lambda: None)
+    assert runs.device_budget(fit) == {}
+    monkeypatch.setattr(results_log, "gpu_name", lambda: "NVIDIA H200")
+    assert runs.device_budget(fit) == {"device": "NVIDIA H200"}
+    assert runs.device_budget([*fit, "--trainer.accelerator", "cpu"]) == {}
