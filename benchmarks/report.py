@@ -357,6 +357,8 @@ class Report:
             "To rerun: each benchmark script under `benchmarks/` prints its command and appends its figures to",
             '`benchmarks/results/*.jsonl`; `pip install -e ".[report]"` then `python benchmarks/report.py`',
             "regenerates `benchmarks/RESULTS.md`, its figures and this block from them, running nothing.",
+            "A budget that names a GPU ran on it (`benchmarks/device_runs.sh`: several runs sharing one GPU);",
+            "the others ran on a 2-core CPU.",
         ]
 
     def update_readme(self, readme: Path) -> bool:
