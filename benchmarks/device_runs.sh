@@ -13,8 +13,9 @@
 # (default .device/data), decoded once into $CACHE before the runs start. Where .device/wheels
 # holds wheels (lit-meta's own and what the machine's Python lacks, e.g. jsonargparse,
 # docstring_parser, typeshed_client), they are installed into /tmp/site first; otherwise
-# lit-meta must be installed. A copy of the checkout without .git names its commit in
-# .device/commit (recorded as BENCHMARK_COPIED_FROM_COMMIT, see results_log.py).
+# lit-meta must be installed. The commit the copy was made from is read from .device/commit and
+# recorded as BENCHMARK_COPIED_FROM_COMMIT (results_log.py): the machine's copy of the checkout
+# may carry an older .git than its tree.
 #
 # Runs still going DEADLINE seconds after the start are stopped, so that what finished is packed
 # in time. Leaves in $OUT: new_<stem>.jsonl (the result lines the runs appended to

@@ -97,10 +97,12 @@ COPIED_COMMIT = "BENCHMARK_COPIED_FROM_COMMIT"
 def git_state() -> dict[str, Any]:
     """The commit measured, and whether tracked code differed from it (the result files' own appends do not count).
 
-    A copy of a checkout without its ``.git`` has no git state; where :data:`COPIED_COMMIT` names the commit
-    it was copied from, that commit is recorded with ``"copied": true`` (whether the copy was clean is the
-    copier's word, not checked).
+    Where :data:`COPIED_COMMIT` names the commit a copied checkout was made from, that commit is recorded
+    with ``"copied": true`` and no dirty flag (whether the copy was clean is the copier's word), whatever
+    ``.git`` the copy holds: a GPU machine's copy may carry an older ``.git`` beside a newer tree.
     """
+    if os.environ.get(COPIED_COMMIT):
+        return {"commit": os.environ[COPIED_COMMIT], "dirty": None, "copied": True}
     root = RESULTS.parents[1]
 
     def git(*args: str) -> str:
@@ -110,8 +112,6 @@ def git_state() -> dict[str, Any]:
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", *code_only))}
     except (OSError, subprocess.CalledProcessError):
-        if os.environ.get(COPIED_COMMIT):
-            return {"commit": os.environ[COPIED_COMMIT], "dirty": None, "copied": True}
         return {"commit": None, "dirty": None}
 
 

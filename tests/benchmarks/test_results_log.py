@@ -43,7 +43,7 @@ def test_appending_results_leaves_the_commit_clean_and_a_code_change_does_not(tm
     assert state()["dirty"] is True
 
 
-def test_a_copy_without_git_records_the_commit_it_was_copied_from_only_when_told(tmp_path) -> None:
+def test_a_copy_records_the_commit_it_was_copied_from_only_when_told(tmp_path) -> None:
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     shutil.copy(REPO_ROOT / "benchmarks" / "results_log.py", tmp_path / "benchmarks")
 
@@ -55,4 +55,6 @@ def test_a_copy_without_git_records_the_commit_it_was_copied_from_only_when_told
         return json.loads(out.stdout)
 
     assert state() == {"commit": None, "dirty": None}
+    assert state(BENCHMARK_COPIED_FROM_COMMIT="abc123") == {"commit": "abc123", "dirty": None, "copied": True}
+    git(tmp_path, "init", "-q")  # a copy with a .git of its own (an older one, say): the named commit still wins
     assert state(BENCHMARK_COPIED_FROM_COMMIT="abc123") == {"commit": "abc123", "dirty": None, "copied": True}
