@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from torch import Tensor, nn
@@ -89,10 +90,8 @@ class Conv4(RecordsConfig, nn.Module):
             *([nn.AdaptiveAvgPool2d(1)] if global_pool else []),
             nn.Flatten(),
         )
-        side = image_size
-        for _ in range(4):
-            side = side // 2 if downsample == "max_pool" else (side + 1) // 2
-        side = 1 if global_pool else side
+        # Four halvings, flooring (max-pooling) or rounding up (stride 2): the image side over 16, floored or ceiled.
+        side = 1 if global_pool else image_size // 16 if downsample == "max_pool" else math.ceil(image_size / 16)
         self.embedding_dim = hidden_channels * side * side
         self.out_features = out_features
         self.head: nn.Module = nn.Identity() if out_features is None else nn.Linear(self.embedding_dim, out_features)
