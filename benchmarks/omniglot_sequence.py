@@ -282,8 +282,11 @@ def record(result: dict, args: argparse.Namespace) -> None:
         common["note"] += f"; {resumed_note(resumed)}; the budget is the training time of both parts"
     if status := training_status(result["curve"]):
         common["status"] = status
-    budget = {"steps": result["steps"]} if args.run_dir else {"minutes": args.minutes}
-    budget.update(device_budget(shlex.split(result["fit_command"])))
+    # A --run-dir run was made elsewhere, perhaps on another machine: only a fit run here is booked to this GPU.
+    if args.run_dir:
+        budget = {"steps": result["steps"]}
+    else:
+        budget = {"minutes": args.minutes, **device_budget(shlex.split(result["fit_command"]))}
     lines = []
     if "test/acc_instance_10" in test:
         paper = {"acc": MANN_PAPER["MANN"][-1], "source": "Santoro et al. 2016, Table 1"}
