@@ -19,6 +19,7 @@ from lit_meta.functional import adaptable_parameters, functional_forward, task_b
 from lit_meta.learners import ANIL, MAML, MetaSGD, ProtoNet, Reptile
 from lit_meta.learners.execution import TIMED_TRIAL_STEPS
 from lit_meta.learners.gradient import EXECUTION_PATH_KEY, _release_trial_memory
+from lit_meta.learners.reptile import inner_minibatches
 
 from ..conftest import TinyImages
 
@@ -362,6 +363,47 @@ def test_reptile_with_the_papers_inner_adam_moves_towards_what_torch_adam_reache
         expected = theta[i] - torch.stack([phi[i] for phi in phis]).mean(0)
         torch.testing.assert_close(p.grad, expected, rtol=1e-6, atol=1e-9)
     assert "first_order" not in learner.hparams and "execution" not in learner.hparams
+
+
+def test_reptile_inner_minibatches_are_class_balanced_windows_that_wrap_round():
+    y = torch.tensor([2, 0, 1, 0, 2, 1, 0, 1, 2, 0])  # class 0 four times, 1 and 2 three times
+    rows = inner_minibatches(y, 4, 4)
+    assert [y[r].tolist() for r in rows] == [[0, 1, 2, 0], [1, 2, 0, 1], [2, 0, 0, 1], [2, 0, 1, 2]]
+    assert rows[0].tolist() == [1, 2, 0, 3]  # within a class, the episode's own order
+    assert sorted(torch.cat([*rows[:2], rows[2][:2]]).tolist()) == list(range(10))  # one pass before wrapping
+    assert inner_minibatches(y, None, 3) == [slice(None)] * 3
+    assert [r.tolist() for r in inner_minibatches(torch.randn(5, 1), 2, 3)] == [[0, 1], [2, 3], [4, 0]]
+    with pytest.raises(ValueError, match="inner_batch_size=11 exceeds the 10 examples"):
+        inner_minibatches(y, 11, 1)
+    with pytest.raises(ValueError, match="inner_batch_size must be a positive"):
+        Reptile(small_net(), inner_batch_size=0)
+
+
+def test_reptile_with_inner_minibatches_moves_towards_sgd_on_those_minibatches():
+    """inner_batch_size (Nichol et al., 2018, Table 3: minibatches of 10): step k fits the k-th window."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).double()
+    batch = a_batch(torch.float64)  # 3 ways, 2 + 2 per class: 12 examples per episode
+    learner = Reptile(net, inner_lr=0.1, inner_steps=4, inner_batch_size=5, meta_lr=1.0)
+    theta = [p.detach().clone() for p in net.parameters()]
+    phis = []
+    for episode in batch:
+        copy = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).double()
+        copy.load_state_dict(net.state_dict())
+        sgd = torch.optim.SGD(copy.parameters(), lr=0.1)
+        x, y = torch.cat([episode.support_x, episode.query_x]), torch.cat([episode.support_y, episode.query_y])
+        by_class = [[i for i in range(12) if y[i] == c] for c in range(3)]
+        order = [by_class[c][r] for r in range(4) for c in range(3)]  # first of each class, then second, ...
+        for k in range(4):
+            rows = [order[(5 * k + j) % 12] for j in range(5)]
+            sgd.zero_grad()
+            F.cross_entropy(copy(x[rows]), y[rows]).backward()
+            sgd.step()
+        phis.append([p.detach() for p in copy.parameters()])
+    learner.meta_loss(batch).backward()
+    for i, p in enumerate(net.parameters()):
+        torch.testing.assert_close(p.grad, theta[i] - torch.stack([phi[i] for phi in phis]).mean(0))
+    assert learner.hparams.inner_batch_size == 5
 
 
 def test_maml_options_that_do_not_fit_together_fail_at_construction():
