@@ -155,3 +155,15 @@ def test_an_override_reaches_the_command_and_keeps_the_run_off_the_summary(budge
     args.override = None
     budget.record(run, args)
     assert "overrides" not in recorded[1] and recorded[1].get("headline", True)
+
+
+def test_each_paper_figure_is_the_one_its_config_cites(budget) -> None:
+    """The summary's paper column and the configs' comments must not drift apart."""
+    for learner, figures in budget.PAPER.items():
+        assert learner in budget.NAMES and learner in budget.SOURCES
+        for setting, figure in zip(budget.SETTINGS, figures, strict=True):
+            if figure is None:
+                continue
+            config = REPO_ROOT / "configs" / learner / f"omniglot_{setting}.yaml"
+            comments = "".join(line for line in config.read_text().splitlines(True) if line.startswith("#"))
+            assert any(f"{figure:.{digits}f}" in comments for digits in (1, 2)), (config, figure)
