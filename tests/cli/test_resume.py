@@ -97,12 +97,25 @@ LEARNERS = {
             "learn_inner_lr": True,
         },
     },
+    "reptile": {  # the inner Adam's moments carry over from task to task, and across the resume
+        "class_path": "lit_meta.Reptile",
+        "init_args": {
+            "backbone": {**CONV4, "init_args": {**CONV4["init_args"], "out_features": 3}},
+            "inner_lr": 0.01,
+            "inner_steps": 2,
+            "inner_optimizer": "adam",
+            "carry_inner_state": True,
+            "inner_batch_size": 4,
+        },
+    },
 }
 LEARNERS["protonet"]["init_args"]["backbone"]["init_args"] = {**CONV4["init_args"], "out_features": None}
 
 
 @pytest.mark.parametrize(
-    ("learner", "num_workers"), [("protonet", 0), ("protonet", 2), ("maml", 0)], ids=["protonet", "workers", "maml"]
+    ("learner", "num_workers"),
+    [("protonet", 0), ("protonet", 2), ("maml", 0), ("reptile", 0)],
+    ids=["protonet", "workers", "maml", "reptile"],
 )
 def test_resume_from_mid_epoch_checkpoint_equals_uninterrupted_run(tmp_path, learner, num_workers):
     config = write_config(tmp_path, LEARNERS[learner], num_workers)

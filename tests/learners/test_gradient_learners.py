@@ -406,6 +406,63 @@ def test_reptile_with_inner_minibatches_moves_towards_sgd_on_those_minibatches()
     assert learner.hparams.inner_batch_size == 5
 
 
+def test_reptile_carrying_the_inner_adam_state_is_the_authors_one_adam_across_tasks():
+    """carry_inner_state (supervised-reptile keeps one Adam, resetting only the weights after each task):
+    two meta-steps equal one torch Adam run through the tasks in order; evaluation starts from its state
+    and leaves the carried state as it was; a checkpoint keeps it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).double()
+    learner = Reptile(net, inner_lr=0.01, inner_steps=2, inner_optimizer="adam", carry_inner_state=True, meta_lr=0.5)
+    copy = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).double()
+    copy.load_state_dict(net.state_dict())
+    adam = torch.optim.Adam(copy.parameters(), lr=0.01, betas=(0.0, 0.999), eps=1e-8)
+    for _ in range(2):  # two meta-steps
+        batch = a_batch(torch.float64)
+        theta = {k: v.clone() for k, v in copy.state_dict().items()}
+        phis = []
+        for episode in batch:
+            copy.load_state_dict(theta)  # the weights, not Adam's moments, go back
+            x, y = torch.cat([episode.support_x, episode.query_x]), torch.cat([episode.support_y, episode.query_y])
+            for _ in range(2):
+                adam.zero_grad()
+                F.cross_entropy(copy(x), y).backward()
+                adam.step()
+            phis.append({k: v.clone() for k, v in copy.state_dict().items()})
+        copy.load_state_dict(
+            {k: theta[k] + 0.5 * (torch.stack([p[k] for p in phis]).mean(0) - theta[k]) for k in theta}
+        )
+        learner.zero_grad()
+        learner.meta_loss(batch).backward()
+        torch.optim.SGD(learner.parameters(), lr=0.5).step()
+        for ours, theirs in zip(net.parameters(), copy.parameters(), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-9)
+    carried = learner.carried_inner_state
+    assert carried.count == 2 * 2 * len(batch)
+    for (name, nu), p in zip(carried.nu.items(), copy.parameters(), strict=True):
+        torch.testing.assert_close(nu, adam.state[p]["exp_avg_sq"], rtol=1e-6, atol=1e-12, msg=name)
+
+    episode = batch[0]
+    adapted = learner.adapt(episode.support_x, episode.support_y, steps=3)
+    for _ in range(3):  # the evaluation task goes on from the training Adam's state
+        adam.zero_grad()
+        F.cross_entropy(copy(episode.support_x), episode.support_y).backward()
+        adam.step()
+    for ours, theirs in zip(adapted.params.values(), copy.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-9)
+    assert learner.carried_inner_state is carried  # evaluation left it as it was
+
+    checkpoint: dict = {}
+    learner.on_save_checkpoint(checkpoint)
+    restored = Reptile(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).double(), inner_optimizer="adam",
+                       carry_inner_state=True)  # fmt: skip
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.carried_inner_state.count == carried.count
+    for name in carried.nu:
+        assert torch.equal(restored.carried_inner_state.nu[name], carried.nu[name])
+    with pytest.raises(ValueError, match="needs inner_optimizer='adam'"):
+        Reptile(small_net(), carry_inner_state=True)
+
+
 def test_maml_options_that_do_not_fit_together_fail_at_construction():
     with pytest.raises(ValueError, match="defined for SGD"):
         MAML(small_net(), inner_optimizer="adam", learn_inner_lr=True)
