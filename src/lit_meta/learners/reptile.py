@@ -53,10 +53,11 @@ class Reptile(GradientMetaLearner):
     needed here and resuming from a checkpoint replays the same minibatches.
     Evaluation always adapts on the whole support set.
 
-    Paper setup, Omniglot 5-way 1-shot (Table 3): Conv4 with 64 filters, inner
-    Adam lr 1e-3 (``beta1=0`` in the authors' code; ``inner_optimizer="adam"``) with
-    5 steps of batch 10 (here: the whole episode each step), meta-batch 5, outer step
-    size 1.0 linearly annealed to 0 over 100,000 iterations, 50 test steps;
+    Paper setup, Omniglot 5-way 1-shot (Table 3): Conv4 with 64 filters and strided
+    convolutions in the authors' code (``Conv4(downsample="stride")``), inner Adam lr
+    1e-3 (``beta1=0`` in the authors' code; ``inner_optimizer="adam"``) with 5 steps of
+    batch 10 (``inner_batch_size=10``; without it, the whole episode each step),
+    meta-batch 5, outer step size 1.0 linearly annealed to 0 over 100,000 iterations, 50 test steps;
     97.68 ± 0.04% (transductive). The authors' code keeps one Adam whose moments carry
     over from task to task (it resets the weights after each task, not the optimiser's
     slots); ``carry_inner_state=True`` does the same. Without it each task starts with
