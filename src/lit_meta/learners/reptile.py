@@ -202,11 +202,7 @@ class Reptile(GradientMetaLearner):
 
         def carrying(grads: Mapping[str, Tensor], state: AdamState, params: Mapping[str, Tensor]) -> tuple:
             updates, state = update(grads, state, params)
-            self.carried_inner_state = AdamState(
-                state.count,
-                {name: t.detach() for name, t in state.mu.items()},
-                {name: t.detach() for name, t in state.nu.items()},
-            )
+            self.carried_inner_state = state  # detached: Reptile adapts from detached weights, outside any graph
             return updates, state
 
         return carrying
@@ -226,8 +222,9 @@ def inner_minibatches(y: Tensor, size: int | None, steps: int) -> list[Tensor | 
         raise ValueError(f"inner_batch_size={size} exceeds the {n} examples of a training episode; give at most {n}")
     # class labels, or one class for regression targets (which keep their order)
     classes = y if y.dim() == 1 and not y.is_floating_point() else torch.zeros(n, dtype=torch.long, device=y.device)
-    one_hot = F.one_hot(torch.unique(classes, return_inverse=True)[1])
+    labels = torch.unique(classes, return_inverse=True)[1]
+    one_hot = F.one_hot(labels)
     rank = (one_hot.cumsum(0) * one_hot).sum(1) - 1  # the example's place among its class's
-    order = torch.argsort(rank * n + one_hot.argmax(1), stable=True)
+    order = torch.argsort(rank * n + labels, stable=True)
     window = torch.arange(size, device=y.device)
     return [order[(k * size + window) % n] for k in range(steps)]
