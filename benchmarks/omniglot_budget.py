@@ -293,13 +293,17 @@ def config_max_steps(learner: str, setting: str) -> int | None:
 
 
 def with_projection(status: str | None, r: dict) -> str | None:
-    """A still-rising status gets the projected budget: the config's ``trainer.max_steps`` at this run's pace."""
+    """A still-rising status gets the projected budget: the config's ``trainer.max_steps`` at this run's pace.
+
+    The pace is the time the run took over its steps: the ``--minutes`` budget, or the run's wall time
+    (its final test included) where ``--max-steps`` ended it sooner.
+    """
     if status != "still rising":
         return status
     max_steps = config_max_steps(r["learner"], r["setting"])
     if not max_steps or max_steps <= r["steps"]:
         return status
-    hours = max_steps * r["minutes"] * 60 / r["steps"] / 3600
+    hours = max_steps * min(r["minutes"] * 60, r["wall_s"]) / r["steps"] / 3600
     return f"{status}; the config's {max_steps:,} steps would take ~{hours:.1f} h at this pace"
 
 

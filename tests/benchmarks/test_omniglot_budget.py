@@ -36,6 +36,16 @@ def test_a_single_point_says_it_cannot_tell(budget) -> None:
     assert budget.curve_status([]) is None
 
 
+def test_the_projected_budget_runs_at_the_pace_the_run_took(budget) -> None:
+    """A run that --max-steps ended before its --minutes is projected at its own time, not the budget's."""
+    run = {"learner": "reptile", "setting": "5w1s", "steps": 8000}  # the config's 100,000 steps
+    stopped_by_steps = budget.with_projection("still rising", {**run, "minutes": 45, "wall_s": 30 * 60})
+    assert stopped_by_steps.endswith("100,000 steps would take ~6.2 h at this pace")
+    stopped_by_time = budget.with_projection("still rising", {**run, "minutes": 45, "wall_s": 47 * 60})
+    assert stopped_by_time.endswith("100,000 steps would take ~9.4 h at this pace")
+    assert budget.with_projection(None, {**run, "minutes": 45, "wall_s": 30 * 60}) is None
+
+
 def test_a_result_names_the_split_its_config_trains_on(budget) -> None:
     configs = REPO_ROOT / "configs"
     assert budget.split_text(configs / "protonet" / "omniglot_5w1s.yaml") == PUBLISHED
