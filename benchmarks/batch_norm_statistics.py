@@ -9,13 +9,17 @@ in training mode at test time, so that each test episode is normalised with its 
 * ``running``: lit-meta's test (:meth:`~lit_meta.learners.MetaLearner.evaluate_outputs`), which
   must reproduce the ``test/acc`` the run logged;
 * ``episode``: the learner's training forward (support and query embedded in one call) with every
-  BatchNorm layer using the batch statistics of that call, episode by episode, on the same episodes.
+  BatchNorm layer using the batch statistics of that call, episode by episode, on the same episodes;
+* ``separate``: the support set and the query set embedded in two calls, each normalised with its own
+  batch statistics (the learner's ``adapt``, then its task model on the queries), as the Relation
+  Network authors' code does at test (Sung et al., 2018, floodsung/LearningToCompare_FSL: BatchNorm
+  never in ``eval()``, support and query through the encoder separately).
 
     python benchmarks/batch_norm_statistics.py --config configs/matching_net/omniglot_5w1s.yaml \\
         --checkpoint RUN/checkpoints/epoch=...ckpt --data ../shared/data
 
-It prints both accuracies and their paired difference (mean ± 95% CI over the episodes), for a note
-in ``benchmarks/notes/``.
+It prints the three accuracies and the paired difference of each batch-statistics variant from
+``running`` (mean ± 95% CI over the episodes), for a note in ``benchmarks/notes/``.
 """
 
 from __future__ import annotations
@@ -26,10 +30,15 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
+
+if TYPE_CHECKING:
+    from lit_meta.data.episode import EpisodeBatch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +51,26 @@ def with_batch_statistics(model: torch.nn.Module) -> torch.nn.Module:
             module.track_running_stats = False
             module.running_mean = module.running_var = module.num_batches_tracked = None
     return copied
+
+
+@torch.no_grad()
+def episode_scores(model: torch.nn.Module, batches: Iterable[EpisodeBatch]) -> dict[str, list[float]]:
+    """Each episode's query accuracy with BatchNorm's ``running`` statistics and the two batch-statistics variants.
+
+    ``model`` is a metric learner; it is put in ``eval()``. The keys are the variants of this module's
+    docstring; every list holds one accuracy per episode, in the order of ``batches``.
+    """
+    model.eval()
+    batch_model = with_batch_statistics(model)
+    scores: dict[str, list[float]] = {"running": [], "episode": [], "separate": []}
+    for batch in batches:
+        running = model.evaluate_outputs(batch)
+        for episode, outputs in zip(batch, running, strict=True):
+            episode_wise = batch_model(episode.support_x, episode.support_y, episode.query_x)
+            separate = batch_model.adapt(episode.support_x, episode.support_y)(episode.query_x)
+            for name, logits in (("running", outputs), ("episode", episode_wise), ("separate", separate)):
+                scores[name].append((logits.argmax(-1) == episode.query_y).float().mean().item())
+    return scores
 
 
 def mean_ci95(scores: list[float]) -> dict[str, float]:
@@ -79,25 +108,19 @@ def main() -> None:
     model, datamodule = cli.model, cli.datamodule
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-    batch_model = with_batch_statistics(model)
     datamodule.setup("test")
-    scores: dict[str, list[float]] = {"running": [], "episode": []}
     start = time.perf_counter()
-    with torch.no_grad():
-        for batch in datamodule.test_dataloader():
-            running = model.evaluate_outputs(batch)
-            for episode, outputs in zip(batch, running, strict=True):
-                scores["running"].append((outputs.argmax(-1) == episode.query_y).float().mean().item())
-                logits = batch_model(episode.support_x, episode.support_y, episode.query_x)
-                scores["episode"].append((logits.argmax(-1) == episode.query_y).float().mean().item())
+    scores = episode_scores(model, datamodule.test_dataloader())
     figures = {
         "config": str(args.config.relative_to(REPO) if args.config.is_absolute() else args.config),
         "checkpoint_step": checkpoint.get("global_step"),
         "episodes": len(scores["running"]),
         **{name: mean_ci95(values) for name, values in scores.items()},
         # paired over the episodes: both scores of an episode come from the same support and query sets
-        "difference": mean_ci95([e - r for e, r in zip(scores["episode"], scores["running"], strict=True)]),
+        **{
+            f"{name} - running": mean_ci95([b - r for b, r in zip(scores[name], scores["running"], strict=True)])
+            for name in ("episode", "separate")
+        },
     }
     print(json.dumps(figures, indent=1), f"\n{time.perf_counter() - start:.0f} s")
 
