@@ -74,7 +74,7 @@ def test_each_variant_uses_the_statistics_it_names(bn_stats) -> None:
     # the three really are three normalisations here, not one computed thrice
     assert not torch.allclose(torch.stack(running), torch.stack(joint))
     assert not torch.allclose(torch.stack(joint), torch.stack(separate))
-    assert not model.training  # the learner is left in eval(), its running statistics untouched
+    assert not model.training  # the learner is left in eval()
 
 
 def test_without_batch_norm_the_variants_agree(bn_stats) -> None:
