@@ -33,7 +33,13 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_meta import __version__
-from lit_meta.callbacks import EpisodeImageLogger, EpisodePredictionWriter, RetainFreedCPUMemory, StepSizeMonitor
+from lit_meta.callbacks import (
+    DestroyProcessGroupAtExit,
+    EpisodeImageLogger,
+    EpisodePredictionWriter,
+    RetainFreedCPUMemory,
+    StepSizeMonitor,
+)
 from lit_meta.cli_errors import (
     DEBUG_ENVIRONMENT_VARIABLE,
     DEBUG_FLAG,
@@ -106,7 +112,10 @@ class MetaLearningCLI(LightningCLI):
       :class:`~lit_meta.callbacks.EpisodePredictionWriter`);
     * the command line owns its process, so unless the learner says
       ``retain_cpu_memory=False`` it keeps freed CPU memory for reuse while the
-      Trainer runs (:class:`~lit_meta.callbacks.RetainFreedCPUMemory`).
+      Trainer runs (:class:`~lit_meta.callbacks.RetainFreedCPUMemory`), and a
+      distributed run destroys its process group before its processes exit
+      (:class:`~lit_meta.callbacks.DestroyProcessGroupAtExit`; Lightning does so only
+      for NCCL, and a gloo group left to the interpreter's exit can abort a finished run).
 
     Every registered learner (including those of the ``lit_meta.learners`` entry
     points) is imported before the arguments are parsed, so ``--model Name`` finds it.
@@ -218,6 +227,7 @@ class MetaLearningCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if self.model.hparams.get("retain_cpu_memory") is None:
             trainer.callbacks.append(RetainFreedCPUMemory())
+        trainer.callbacks.append(DestroyProcessGroupAtExit())
         return trainer
 
     def before_predict(self) -> None:

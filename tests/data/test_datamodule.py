@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
+from lit_meta.callbacks import DestroyProcessGroupAtExit
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.data.sampler import EpisodeSampler
@@ -155,6 +156,7 @@ def test_ddp_ranks_draw_disjoint_episodes(tmp_path):
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
+        callbacks=[DestroyProcessGroupAtExit()],  # else gloo can abort the exit of a finished run
     )
     trainer.fit(EpisodeRecorder(log_path=log), dm)
     ranks = []

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from lit_meta.callbacks import DestroyProcessGroupAtExit
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners.base import MetaLearner
@@ -125,7 +126,8 @@ def test_ddp_step_equals_one_process_with_all_tasks(tmp_path, name: str) -> None
         model = model_based(name)
         model.hparams.meta_optimizer, model.hparams.meta_lr = "sgd", 1.0
         path = str(tmp_path / f"{run}.pt")
-        t = trainer(max_steps=1, limit_val_batches=0, callbacks=[SaveWeightsAtEnd(path)], **options)
+        callbacks = [SaveWeightsAtEnd(path), DestroyProcessGroupAtExit()]
+        t = trainer(max_steps=1, limit_val_batches=0, callbacks=callbacks, **options)
         t.fit(model, datamodule(meta_batch_size=4 if run == "single" else 2, **settings))
         weights[run] = torch.load(path)
     initial = [p.detach() for p in model_based(name).parameters()]

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from lit_meta import EpisodicDataModule, cli
 from lit_meta.backbones import SinusoidMLP
+from lit_meta.callbacks import DestroyProcessGroupAtExit
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import NonFiniteGradientError, NonFiniteLossError
 from lit_meta.functional import adapt, adaptable_parameters, enable_adaptation_grad, functional_forward, task_buffers
@@ -167,7 +168,13 @@ def test_case_02_under_ddp_every_process_stops(stage: str) -> None:
     the error shown names the cause. Two spawned CPU processes: 8 s to validate, 16 s to fit (slow)."""
     model = ProtoNet(embedding_net())
     batches = loader(episode_batch(), with_nan(episode_batch(seed=1)))  # one batch per rank
-    ddp = trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", limit_val_batches=1)
+    ddp = trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        limit_val_batches=1,
+        callbacks=[DestroyProcessGroupAtExit()],
+    )
     run = ddp.fit if stage == "fit" else ddp.validate
     with pytest.raises(Exception, match="input data contains NaN or inf") as error:
         run(model, batches)
