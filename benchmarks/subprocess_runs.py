@@ -33,8 +33,16 @@ ALLOCATOR_ENVIRONMENTS = {
 
 def allocator_environment(allocator: str) -> dict[str, str]:
     """This process's environment with the variables of ``ALLOCATOR_ENVIRONMENTS[allocator]``
-    (none for an allocator not listed there, such as ``"glibc"``: malloc as it is)."""
-    return {**os.environ, **ALLOCATOR_ENVIRONMENTS.get(allocator, {})}
+    (none for an allocator not listed there, such as ``"glibc"``: malloc as it is).
+
+    A library to preload that is not there stops the benchmark: the dynamic loader would only
+    print a warning and the run would go on under glibc malloc, booked as ``allocator``.
+    """
+    variables = ALLOCATOR_ENVIRONMENTS.get(allocator, {})
+    preload = variables.get("LD_PRELOAD")
+    if preload and not Path(preload).is_file():
+        raise SystemExit(f"--allocator {allocator}: {preload} is not there (Debian: apt-get install libjemalloc2)")
+    return {**os.environ, **variables}
 
 
 def allocator_environment_note(allocator: str) -> str:

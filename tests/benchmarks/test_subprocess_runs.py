@@ -1,7 +1,8 @@
-"""How the benchmarks read a ``lit-meta`` command they ran, to continue its run."""
+"""How the benchmarks read a ``lit-meta`` command they ran, to continue its run, and the allocator they run it under."""
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 import pytest
@@ -39,3 +40,13 @@ def test_a_run_is_booked_to_the_gpu_only_where_there_is_one_and_the_command_did_
     monkeypatch.setattr(results_log, "gpu_name", lambda: "NVIDIA H200")
     assert runs.device_budget(fit) == {"device": "NVIDIA H200"}
     assert runs.device_budget([*fit, "--trainer.accelerator", "cpu"]) == {}
+
+
+def test_an_allocator_whose_library_is_missing_stops_the_benchmark(runs, monkeypatch, tmp_path) -> None:
+    missing = str(tmp_path / "libjemalloc.so.2")
+    monkeypatch.setitem(runs.ALLOCATOR_ENVIRONMENTS, "jemalloc", {"LD_PRELOAD": missing, "MALLOC_CONF": "x"})
+    with pytest.raises(SystemExit, match=r"libjemalloc\.so\.2 is not there"):
+        runs.allocator_environment("jemalloc")
+    (tmp_path / "libjemalloc.so.2").touch()
+    assert runs.allocator_environment("jemalloc")["LD_PRELOAD"] == missing
+    assert runs.allocator_environment("glibc") == dict(os.environ)
