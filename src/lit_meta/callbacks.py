@@ -98,14 +98,14 @@ class DestroyProcessGroupAtExit(L.Callback):
     Lightning destroys the process group at exit only for NCCL. A gloo group (DDP on
     CPU) is left to the interpreter's shutdown, where its threads can be torn down
     while still joinable: the process aborts with ``terminate called without an
-    active exception`` (``SIGABRT``, exit status 134) after a run that finished.
-    With two spawned gloo processes that exchange a few all-reduces and exit, 13 of
-    120 launches aborted here; none of 120 did once the group was destroyed first
-    (the issue 19 note of 2026-12-05 gives the script). In each process that sets up a
-    Trainer inside an initialised process group, this callback registers one
-    :mod:`atexit` handler that destroys the default group if it is still there; the
-    group stays up for every stage that process runs. The ``lit-meta`` command line
-    adds it (it owns its process); from Python, add it to the Trainer's callbacks.
+    active exception`` (``SIGABRT``, exit status 134) after a run that finished, about
+    one launch of two spawned gloo processes in ten on this project's CPU machine
+    (``tests/test_destroy_process_group.py``, marked slow, launches them). In each
+    process that sets up a Trainer inside an initialised process group, this callback
+    registers one :mod:`atexit` handler that destroys the default group if it is still
+    there; the group stays up for every stage that process runs. The ``lit-meta``
+    command line adds it (it owns its process); from Python, add it to the Trainer's
+    callbacks.
     """
 
     registered: ClassVar[bool] = False
