@@ -7,15 +7,29 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
+from lit_meta.callbacks import DestroyProcessGroupAtExit
 from lit_meta.data.datasets import MetaDataset, TensorClassDataset
 from lit_meta.data.datasets.base import SplitName
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def two_spawned_cpu_processes(*callbacks: L.Callback) -> dict[str, Any]:
+    """Trainer arguments for DDP over two spawned CPU processes (gloo) with ``callbacks``, and with
+    :class:`~lit_meta.callbacks.DestroyProcessGroupAtExit`, else their exit can abort a finished run."""
+    return {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp_spawn",
+        "callbacks": [*callbacks, DestroyProcessGroupAtExit()],
+    }
 
 
 def import_benchmark(name: str) -> ModuleType:

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from lit_meta import callbacks
 from lit_meta.callbacks import DestroyProcessGroupAtExit, destroy_default_process_group
 from lit_meta.cli import MetaLearningCLI
+from lit_meta.learners import MAML
 
 from .learners.test_gradient_learners import datamodule, small_net, trainer
 
@@ -37,8 +38,6 @@ def one_process_group(tmp_path):
 
 
 def test_inside_a_process_group_one_handler_destroys_it_at_exit(exit_handlers, one_process_group) -> None:
-    from lit_meta.learners import MAML
-
     for _ in range(2):  # a second stage in the same process neither destroys the group nor registers again
         trainer(max_steps=1, limit_val_batches=0, callbacks=[DestroyProcessGroupAtExit()]).fit(
             MAML(small_net(), inner_lr=0.3), datamodule(meta_batch_size=1, train_episodes=1)
@@ -51,8 +50,6 @@ def test_inside_a_process_group_one_handler_destroys_it_at_exit(exit_handlers, o
 
 
 def test_without_a_process_group_nothing_is_registered(exit_handlers) -> None:
-    from lit_meta.learners import MAML
-
     trainer(max_steps=1, limit_val_batches=0, callbacks=[DestroyProcessGroupAtExit()]).fit(
         MAML(small_net(), inner_lr=0.3), datamodule(meta_batch_size=1, train_episodes=1)
     )

@@ -112,7 +112,7 @@ class DestroyProcessGroupAtExit(L.Callback):
     """Whether this process has registered the handler."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if DestroyProcessGroupAtExit.registered or not torch.distributed.is_initialized():
+        if DestroyProcessGroupAtExit.registered or not _process_group_initialized():
             return
         DestroyProcessGroupAtExit.registered = True
         atexit.register(destroy_default_process_group)
@@ -120,8 +120,13 @@ class DestroyProcessGroupAtExit(L.Callback):
 
 def destroy_default_process_group() -> None:
     """Destroys the default process group if it is initialised; nothing otherwise."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if _process_group_initialized():
         torch.distributed.destroy_process_group()
+
+
+def _process_group_initialized() -> bool:
+    # a build without torch.distributed has no is_initialized at all
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 class EpisodeImageLogger(L.Callback):

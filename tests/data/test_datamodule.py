@@ -10,13 +10,12 @@ import torch
 from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
-from lit_meta.callbacks import DestroyProcessGroupAtExit
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.data.sampler import EpisodeSampler
 from lit_meta.errors import DatasetError, EpisodeConfigError
 
-from ..conftest import TinyImages
+from ..conftest import TinyImages, two_spawned_cpu_processes
 
 
 class EpisodeRecorder(L.LightningModule):
@@ -148,15 +147,12 @@ def test_ddp_ranks_draw_disjoint_episodes(tmp_path):
     log = str(tmp_path / "seen")
     dm = tiny_datamodule(train_episodes=8, meta_batch_size=1)
     trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
+        **two_spawned_cpu_processes(),
         max_epochs=1,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        callbacks=[DestroyProcessGroupAtExit()],  # else gloo can abort the exit of a finished run
     )
     trainer.fit(EpisodeRecorder(log_path=log), dm)
     ranks = []

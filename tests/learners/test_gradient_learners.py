@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_meta import glibc_malloc
-from lit_meta.callbacks import DestroyProcessGroupAtExit
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.data.episode import EpisodeBatch, collate_episodes
 from lit_meta.errors import EpisodeConfigError
@@ -22,7 +21,7 @@ from lit_meta.learners.execution import TIMED_TRIAL_STEPS
 from lit_meta.learners.gradient import EXECUTION_PATH_KEY, _release_trial_memory
 from lit_meta.learners.reptile import inner_minibatches
 
-from ..conftest import TinyImages
+from ..conftest import TinyImages, two_spawned_cpu_processes
 
 
 def small_net(ways: int = 3, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -558,15 +557,9 @@ def test_ddp_meta_gradient_equals_single_process(tmp_path):
     single = RecordingMAML(str(tmp_path / "single.pt"), **settings)
     trainer(max_steps=1, limit_val_batches=0).fit(single, datamodule(meta_batch_size=4, train_episodes=4))
     ddp = RecordingMAML(str(tmp_path / "ddp.pt"), **settings)
-    ddp_trainer = trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        callbacks=[DestroyProcessGroupAtExit()],
+    trainer(max_steps=1, limit_val_batches=0, **two_spawned_cpu_processes()).fit(
+        ddp, datamodule(meta_batch_size=2, train_episodes=4)
     )
-    ddp_trainer.fit(ddp, datamodule(meta_batch_size=2, train_episodes=4))
     initial = [p.detach() for p in small_net().parameters()]
     after_single, after_ddp = torch.load(tmp_path / "single.pt"), torch.load(tmp_path / "ddp.pt")
     for p0, a, b in zip(initial, after_single, after_ddp, strict=True):

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from lit_meta.callbacks import DestroyProcessGroupAtExit
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners.base import MetaLearner
@@ -19,7 +18,7 @@ from lit_meta.learners.metanet import MetaNet
 from lit_meta.learners.sequence import INSTANCES
 from lit_meta.learners.snail import SNAIL
 
-from ..conftest import TinyImages
+from ..conftest import TinyImages, two_spawned_cpu_processes
 
 
 def tiny_mann(ways: int = 3) -> MANN:
@@ -122,14 +121,14 @@ def test_ddp_step_equals_one_process_with_all_tasks(tmp_path, name: str) -> None
     parameter takes part in the loss (DDP would wait for any that does not) and ranks draw other tasks."""
     settings = dict(support_order="random", train_episodes=4)
     weights = {}
-    for run, options in {"single": {}, "ddp": dict(accelerator="cpu", devices=2, strategy="ddp_spawn")}.items():
+    for run in ("single", "ddp"):
         model = model_based(name)
         model.hparams.meta_optimizer, model.hparams.meta_lr = "sgd", 1.0
-        path = str(tmp_path / f"{run}.pt")
-        callbacks = [SaveWeightsAtEnd(path), DestroyProcessGroupAtExit()]
-        t = trainer(max_steps=1, limit_val_batches=0, callbacks=callbacks, **options)
+        save = SaveWeightsAtEnd(str(tmp_path / f"{run}.pt"))
+        options = two_spawned_cpu_processes(save) if run == "ddp" else {"callbacks": [save]}
+        t = trainer(max_steps=1, limit_val_batches=0, **options)
         t.fit(model, datamodule(meta_batch_size=4 if run == "single" else 2, **settings))
-        weights[run] = torch.load(path)
+        weights[run] = torch.load(save.path)
     initial = [p.detach() for p in model_based(name).parameters()]
     for a, b in zip(weights["single"], weights["ddp"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

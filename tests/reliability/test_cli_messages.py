@@ -22,11 +22,13 @@ from _pytest.config import parse_warning_filter
 
 from lit_meta import ProtoNet
 from lit_meta.backbones import Conv4
-from lit_meta.callbacks import DestroyProcessGroupAtExit, RetainFreedCPUMemory
+from lit_meta.callbacks import RetainFreedCPUMemory
 from lit_meta.cli import SUBCOMMANDS, main
 from lit_meta.data.datamodule import EpisodicDataModule
 from lit_meta.errors import EpisodeConfigError
 from lit_meta.learners.registry import registered_learners
+
+from ..conftest import two_spawned_cpu_processes
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -184,14 +186,7 @@ def test_case_16c_ddp_logs_the_synced_metrics_without_warnings(
         "glyphs", root=str(tmp_path), dataset_kwargs=GLYPHS, ways=3, shots=1, queries=2, val_episodes=4
     )
     model = ProtoNet(Conv4(in_channels=1, out_features=None, hidden_channels=8))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[DestroyProcessGroupAtExit()],
-    )
+    trainer = L.Trainer(**two_spawned_cpu_processes(), logger=False, enable_progress_bar=False)
     (metrics,) = trainer.validate(model, datamodule)
     assert metrics["val/episodes"] == 4  # the 4 episodes, each once: 2 on each rank, synced
     assert "sync_dist" not in capfd.readouterr().err

@@ -20,13 +20,14 @@ from torch.utils.data import DataLoader
 
 from lit_meta import EpisodicDataModule, cli
 from lit_meta.backbones import SinusoidMLP
-from lit_meta.callbacks import DestroyProcessGroupAtExit
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.errors import NonFiniteGradientError, NonFiniteLossError
 from lit_meta.functional import adapt, adaptable_parameters, enable_adaptation_grad, functional_forward, task_buffers
 from lit_meta.learners import MAML, MatchingNet, ProtoNet
 from lit_meta.metrics import EpisodeMeanCI, format_mean_ci
 from lit_meta.predictions import EpisodePredictions
+
+from ..conftest import two_spawned_cpu_processes
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -168,13 +169,7 @@ def test_case_02_under_ddp_every_process_stops(stage: str) -> None:
     the error shown names the cause. Two spawned CPU processes: 8 s to validate, 16 s to fit (slow)."""
     model = ProtoNet(embedding_net())
     batches = loader(episode_batch(), with_nan(episode_batch(seed=1)))  # one batch per rank
-    ddp = trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        limit_val_batches=1,
-        callbacks=[DestroyProcessGroupAtExit()],
-    )
+    ddp = trainer(limit_val_batches=1, **two_spawned_cpu_processes())
     run = ddp.fit if stage == "fit" else ddp.validate
     with pytest.raises(Exception, match="input data contains NaN or inf") as error:
         run(model, batches)
