@@ -104,6 +104,12 @@ class RelationNet(MetricMetaLearner):
     unpadded convolutions (a ``64 x 3 x 3`` input to its FC layer); the default
     here pads as on Omniglot (``64 x 4 x 4`` for 19x19 maps).
 
+    Deviation from the authors' code (floodsung/LearningToCompare_FSL): support
+    and query sets are embedded in one call, so BatchNorm in training normalises
+    them together, and evaluation uses BatchNorm's running statistics
+    (``eval()``); the authors' code embeds them in two calls, each normalised with
+    its own batch statistics, in training and at test alike.
+
     Args:
         backbone: a feature-map network (see the contract above).
         relation_module: scores pairs of concatenated maps; ``None`` builds
