@@ -25,6 +25,11 @@ them the same, and the record says whether their validation points came out equa
 ``--override KEY VALUE`` runs a variant of the config (``--override model.init_args.lr_decay_every
 5000``); the record lists its overrides and, like a run on another split, is not the summary's headline.
 
+``--variant NAME`` runs ``configs/<learner>/omniglot_<ways>w<shots>s_<NAME>.yaml`` instead, a second
+config of the same setting (``--learners relation_net --settings 5w1s --variant authors``: the Relation
+Network authors' BatchNorm, clipping and test); its record is a learner of its own in the summary
+(``RelationNet, authors config``), next to the config as shipped.
+
 ``--split`` trains on another Omniglot split than the config's, for instance ``santoro``: the
 1,200 characters the papers of Vinyals et al., Snell et al. and Sung et al. trained on (the
 published split's training and validation characters), tested on the same 423. That split has
@@ -90,10 +95,20 @@ SOURCES = {"protonet": "Snell et al. 2017, Table 1", "matching_net": "Vinyals et
            "anil": "Raghu et al. 2020, Table 2", "reptile": "Nichol et al. 2018, Table 2 (transductive)"}  # fmt: skip
 
 
+def config_path(learner: str, setting: str, variant: str | None = None) -> Path:
+    """A learner's Omniglot config: ``omniglot_<setting>.yaml``, or ``omniglot_<setting>_<variant>.yaml``."""
+    return REPO / "configs" / learner / f"omniglot_{setting}{f'_{variant}' if variant else ''}.yaml"
+
+
+def run_folder(learner: str, setting: str, args: argparse.Namespace) -> Path:
+    """Where a run logs: ``<out>/logs/<learner>_<setting>[_<variant>]``."""
+    return args.out / "logs" / f"{learner}_{setting}{f'_{args.variant}' if args.variant else ''}"
+
+
 def fit_command(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> list[str]:
     """The ``lit-meta fit`` command of a run: the config, the data, the budget and the ``--override`` values."""
-    config = REPO / "configs" / learner / f"omniglot_{setting}.yaml"
-    save_dir = args.out / "logs" / f"{learner}_{setting}"
+    config = config_path(learner, setting, args.variant)
+    save_dir = run_folder(learner, setting, args)
     data = data_config(config)
     dataset_kwargs = {**(data.get("dataset_kwargs") or {}), "cache_dir": str(args.cache)}
     if args.split:
@@ -114,7 +129,7 @@ def fit_command(learner: str, setting: str, minutes: int, args: argparse.Namespa
 
 
 def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> dict:
-    save_dir = args.out / "logs" / f"{learner}_{setting}"
+    save_dir = run_folder(learner, setting, args)
     command = fit_command(learner, setting, minutes, args)
     resumed = resume_arguments(save_dir, command) if args.resume else None
     if resumed is not None:
@@ -134,6 +149,7 @@ def run(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> d
         **read_run(save_dir),
         "learner": learner,
         "setting": setting,
+        "variant": args.variant,
         "minutes": minutes,
         "allocator": args.allocator,
         "wall_s": wall + (resumed["earlier"]["wall_s"] if resumed else 0.0),
@@ -284,11 +300,11 @@ def curve_status(curve: list[tuple[int, float]]) -> str | None:
     return "still rising" if best_step >= curve[-1][0] - (curve[-1][0] - curve[0][0]) / 5 else None
 
 
-def config_max_steps(learner: str, setting: str) -> int | None:
-    """The ``trainer.max_steps`` of a learner's Omniglot config for ``setting``."""
+def config_max_steps(learner: str, setting: str, variant: str | None = None) -> int | None:
+    """The ``trainer.max_steps`` of a learner's Omniglot config for ``setting`` (of its ``variant``, if given)."""
     import yaml
 
-    config = yaml.safe_load((REPO / "configs" / learner / f"omniglot_{setting}.yaml").read_text())
+    config = yaml.safe_load(config_path(learner, setting, variant).read_text())
     return (config.get("trainer") or {}).get("max_steps")
 
 
@@ -300,7 +316,7 @@ def with_projection(status: str | None, r: dict) -> str | None:
     """
     if status != "still rising":
         return status
-    max_steps = config_max_steps(r["learner"], r["setting"])
+    max_steps = config_max_steps(r["learner"], r["setting"], r.get("variant"))
     if not max_steps or max_steps <= r["steps"]:
         return status
     hours = max_steps * min(r["minutes"] * 60, r["wall_s"]) / r["steps"] / 3600
@@ -310,9 +326,10 @@ def with_projection(status: str | None, r: dict) -> str | None:
 def record(r: dict, args: argparse.Namespace) -> None:
     """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
     paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
-    config = REPO / "configs" / r["learner"] / f"omniglot_{r['setting']}.yaml"
+    config = config_path(r["learner"], r["setting"], args.variant)
+    name = NAMES[r["learner"]] + (f", {args.variant} config" if args.variant else "")
     figures = {
-        "learner": NAMES[r["learner"]], "setting": f"omniglot {r['setting']}",
+        "learner": name, "setting": f"omniglot {r['setting']}",
         "split": split_text(config, args.split),
         "acc": round(r["acc"], 2), "ci95": round(r["ci95"], 2), "test_episodes": r["episodes"],
         "train_steps": r["steps"], "wall_min": round(r["wall_s"] / 60, 1),
@@ -332,7 +349,7 @@ def record(r: dict, args: argparse.Namespace) -> None:
         figures["note"] += f"; {resumed_note(resumed)}; wall time counts both parts"
     # Both bound the run: a run can end on the config's steps well inside its minutes.
     overridden = dict(args.override or []).get("trainer.max_steps")
-    steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"])
+    steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"], args.variant)
     budget = {"minutes": r["minutes"], **({"steps": int(steps)} if steps else {})}
     budget.update(device_budget(shlex.split(r["command"])))
     record_result("omniglot_accuracy", "accuracy", figures, budget=budget)
@@ -356,6 +373,10 @@ def main() -> None:
     parser.add_argument(
         "--allocator", choices=("glibc", "jemalloc"), default="glibc",
         help="jemalloc (preloaded, page decay off) is ~25%% faster for Conv4 on this CPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--variant", help="run configs/<learner>/omniglot_<setting>_<VARIANT>.yaml, a second config of the setting "
+        "(e.g. authors: relation_net's authors' protocol); recorded as a learner of its own",
     )  # fmt: skip
     parser.add_argument(
         "--split", help="the Omniglot split to train and test on in place of the config's (e.g. santoro: 1,200 "

@@ -145,7 +145,7 @@ def test_an_override_reaches_the_command_and_keeps_the_run_off_the_summary(budge
     args = budget.argparse.Namespace(
         split=None, data=tmp_path, cache=tmp_path / "cache", out=tmp_path, val_every=200, val_episodes=None,
         test_episodes=None, max_steps=None, override=[["model.init_args.lr_decay_every", "5000"]],
-        allocator="glibc", threads=1,
+        allocator="glibc", threads=1, variant=None,
     )  # fmt: skip
     command = budget.fit_command("matching_net", "5w1s", 60, args)
     assert command[-2:] == ["--model.init_args.lr_decay_every", "5000"]
@@ -165,6 +165,36 @@ def test_an_override_reaches_the_command_and_keeps_the_run_off_the_summary(budge
     args.override = None
     budget.record(run, args)
     assert "overrides" not in recorded[1] and recorded[1].get("headline", True)
+
+
+def test_a_variant_runs_its_second_config_and_is_a_learner_of_its_own(budget, tmp_path, monkeypatch) -> None:
+    """``--variant authors`` runs ``omniglot_5w1s_authors.yaml`` into a folder of its own, and its record is a
+    summary row of its own (a learner name of its own), bounded by that config's max_steps."""
+    args = budget.argparse.Namespace(
+        split=None, data=tmp_path, cache=tmp_path / "cache", out=tmp_path, val_every=200, val_episodes=None,
+        test_episodes=None, max_steps=None, override=None, allocator="glibc", threads=1, variant="authors",
+    )  # fmt: skip
+    command = budget.fit_command("relation_net", "5w1s", 60, args)
+    config = REPO_ROOT / "configs" / "relation_net" / "omniglot_5w1s_authors.yaml"
+    assert command[command.index("--config") + 1] == str(config)
+    save_dir = command[command.index("--trainer.logger.init_args.save_dir") + 1]
+    assert save_dir == str(tmp_path / "logs" / "relation_net_5w1s_authors")
+    recorded, budgets = [], []
+
+    def record_result(stem, kind, figures, *, budget) -> None:
+        recorded.append(figures)
+        budgets.append(budget)
+
+    monkeypatch.setattr(budget, "record_result", record_result)
+    run = {"learner": "relation_net", "setting": "5w1s", "variant": "authors", "acc": 98.5, "ci95": 0.3,
+           "episodes": 1000, "steps": 20_000, "wall_s": 3600.0, "minutes": 60, "curve": [(999, 0.97), (1999, 0.98)],
+           "command": " ".join(command)}  # fmt: skip
+    budget.record(run, args)
+    assert recorded[0]["learner"] == "RelationNet, authors config"
+    assert recorded[0].get("headline", True) and recorded[0]["paper"]["acc"] == 99.6
+    assert recorded[0]["split"] == PUBLISHED
+    assert budgets[0] == {"minutes": 60, "steps": 1_000_000}
+    assert "1,000,000 steps would take" in recorded[0]["status"]
 
 
 def test_each_paper_figure_is_the_one_its_config_cites(budget) -> None:

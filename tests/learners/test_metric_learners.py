@@ -24,6 +24,7 @@ from lit_meta.learners import (
     default_relation_module,
     relation_embedding,
 )
+from lit_meta.learners.embedding import embed, embed_episode
 
 from ..conftest import TinyImages
 
@@ -141,6 +142,53 @@ def test_default_relation_module_gives_scores_in_the_unit_interval():
     scores = model(x, torch.tensor([0, 1]), x[[1, 1, 0]])
     assert scores.shape == (3, 2) and ((scores > 0) & (scores < 1)).all()
     torch.testing.assert_close(scores[0], scores[1])
+
+
+def test_relation_net_embeds_apart_in_training_only_when_asked():
+    """``embed_apart``: the training forward pass embeds the support and the query sets of a meta-batch in two
+    backbone calls, so BatchNorm normalises each with its own statistics (the authors' code); by default one call
+    normalises them together. Evaluation (``adapt``) embeds them apart either way."""
+    batch = a_batch()
+    joint, apart = learner("relation"), learner("relation")
+    apart.embed_apart = True
+    assert not RelationNet(feature_map_net(), input_shape=(1, 8, 8), relation_channels=8).embed_apart
+    one_hot = F.one_hot(batch.support_y, 3).float()
+    sets = {
+        "joint": embed_episode(joint.backbone, batch.support_x, batch.query_x, 2),
+        "apart": (embed(apart.backbone, batch.support_x, 2), embed(apart.backbone, batch.query_x, 2)),
+    }
+    for model, (support, query) in ((joint, sets["joint"]), (apart, sets["apart"])):
+        expected = model.compare(query, **model.summarize_support(support, one_hot))
+        torch.testing.assert_close(model(batch.support_x, batch.support_y, batch.query_x), expected)
+    outputs = [model(batch.support_x, batch.support_y, batch.query_x) for model in (joint, apart)]
+    assert not torch.allclose(*outputs, atol=1e-4)  # training-mode BatchNorm: the statistics differ
+
+
+def test_relation_net_without_running_statistics_tests_each_set_on_its_own_batch_statistics():
+    """The authors' test: BatchNorm layers without running statistics (embedding and relation module) normalise
+    each call with its own batch in evaluation too, so a task model's scores equal the training forward pass of
+    ``embed_apart`` on that episode, and a query's scores depend on the other queries (transductive)."""
+    torch.manual_seed(0)
+    model = RelationNet(
+        relation_embedding(1, 8, track_running_stats=False),
+        relation_channels=8,
+        relation_track_running_stats=False,
+        embed_apart=True,
+    )
+    assert not [name for name, _ in model.named_buffers() if "running" in name]
+    support_x, support_y = torch.rand(6, 1, 28, 28), torch.tensor([0, 0, 1, 1, 2, 2])
+    query_x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        trained_way = model.train()(support_x, support_y, query_x)
+        tested = model.eval().adapt(support_x, support_y)(query_x)
+        fewer_queries = model.adapt(support_x, support_y)(query_x[:2])
+    torch.testing.assert_close(tested, trained_way)
+    assert not torch.allclose(fewer_queries, tested[:2], atol=1e-4)
+    # with running statistics (the default), evaluation scores a query whatever the others are
+    running = RelationNet(relation_embedding(1, 8), relation_channels=8).eval()
+    with torch.no_grad():
+        task_model = running.adapt(support_x, support_y)
+        torch.testing.assert_close(task_model(query_x[:2]), task_model(query_x)[:2])
 
 
 def test_siamese_score_is_weighted_l1_symmetric_and_averaged_per_class():

@@ -54,7 +54,8 @@ class MetricMetaLearner(MetaLearner):
 
     A subclass implements :meth:`summarize_support` and :meth:`compare`. Support and
     query sets (of one episode, or of every task of a meta-batch) are embedded in one
-    backbone call, so BatchNorm in training uses their joint statistics.
+    backbone call, so BatchNorm in training uses their joint statistics
+    (:meth:`embed_sets`, the hook to override for another rule).
     :meth:`meta_loss` is :meth:`~MetaLearner.task_loss` of the query outputs over
     all tasks; :meth:`adapt` embeds the support set once, without gradients.
 
@@ -82,8 +83,18 @@ class MetricMetaLearner(MetaLearner):
     def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         """Query outputs ``[*, queries, ways]`` of one episode, or of a meta-batch with a leading task dimension."""
         one_hot = class_one_hot(support_y, support_x.dtype)
-        support, query = embed_episode(self.backbone, support_x, query_x, support_y.dim())
+        support, query = self.embed_sets(support_x, query_x, support_y.dim())
         return self.compare(query, **self.summarize_support(support, one_hot))
+
+    def embed_sets(self, support_x: Tensor, query_x: Tensor, batch_dims: int) -> tuple[Tensor, Tensor]:
+        """Support and query embeddings for :meth:`forward` (training): one backbone call for both.
+
+        Args:
+            support_x: support items ``[*, shots*ways, *item_shape]``.
+            query_x: query items ``[*, queries, *item_shape]``.
+            batch_dims: leading dimensions of the items (1 for one task, 2 for a meta-batch).
+        """
+        return embed_episode(self.backbone, support_x, query_x, batch_dims)
 
     def meta_loss(self, batch: EpisodeBatch) -> Tensor:
         """Mean :meth:`~MetaLearner.task_loss` of the query outputs over the tasks of ``batch``."""

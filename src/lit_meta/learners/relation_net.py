@@ -9,14 +9,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_meta.learners.embedding import embed
 from lit_meta.learners.metric import MetricMetaLearner
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, padding: int, pool: bool) -> nn.Sequential:
-    """``conv3x3 -> BatchNorm2d -> ReLU``, then ``maxpool 2`` if ``pool``: the blocks of Sung et al."""
+def conv_bn_relu(
+    in_channels: int, out_channels: int, padding: int, pool: bool, track_running_stats: bool = True
+) -> nn.Sequential:
+    """``conv3x3 -> BatchNorm2d -> ReLU``, then ``maxpool 2`` if ``pool``: the blocks of Sung et al.
+
+    ``track_running_stats=False``: the BatchNorm layer keeps no running statistics and normalises
+    every call with the statistics of its own batch, in evaluation as in training.
+    """
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=padding),
-        nn.BatchNorm2d(out_channels),
+        nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
         nn.ReLU(),
     ]
     if pool:
@@ -24,24 +31,34 @@ def conv_bn_relu(in_channels: int, out_channels: int, padding: int, pool: bool) 
     return nn.Sequential(*layers)
 
 
-def relation_embedding(in_channels: int = 1, hidden_channels: int = 64) -> nn.Sequential:
+def relation_embedding(
+    in_channels: int = 1, hidden_channels: int = 64, track_running_stats: bool = True
+) -> nn.Sequential:
     """The embedding module of Sung et al. (2018, Figure 2): four conv blocks, feature maps out.
 
     The first two blocks are unpadded and max-pooled, the last two padded and
     not pooled, as in the authors' code: 28x28 images give ``64 x 5 x 5`` maps,
     84x84 images ``64 x 19 x 19``. ``Conv4(...).features[:-1]`` (Conv4 without
     its flatten) is another valid backbone, for images of 64x64 and more.
+
+    ``track_running_stats=False`` tests as the authors' code does, which never calls
+    ``eval()``: each call (a support set, a query set) is normalised with its own batch
+    statistics at evaluation too, so a query's embedding depends on the other queries
+    (transductive).
     """
     return nn.Sequential(
-        conv_bn_relu(in_channels, hidden_channels, padding=0, pool=True),
-        conv_bn_relu(hidden_channels, hidden_channels, padding=0, pool=True),
-        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=False),
-        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=False),
+        conv_bn_relu(in_channels, hidden_channels, padding=0, pool=True, track_running_stats=track_running_stats),
+        conv_bn_relu(hidden_channels, hidden_channels, padding=0, pool=True, track_running_stats=track_running_stats),
+        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=False, track_running_stats=track_running_stats),
+        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=False, track_running_stats=track_running_stats),
     )
 
 
 def default_relation_module(
-    map_shape: tuple[int, int, int] | torch.Size, hidden_channels: int = 64, hidden_features: int = 8
+    map_shape: tuple[int, int, int] | torch.Size,
+    hidden_channels: int = 64,
+    hidden_features: int = 8,
+    track_running_stats: bool = True,
 ) -> nn.Sequential:
     """The relation module of Sung et al. (2018, Figure 2) for concatenated pairs of ``map_shape`` maps.
 
@@ -54,6 +71,8 @@ def default_relation_module(
         map_shape: ``(C, H, W)`` of the pairs, i.e. twice the embedding's channels.
         hidden_channels: channels of the two conv blocks.
         hidden_features: size of the hidden fully connected layer.
+        track_running_stats: whether its BatchNorm layers keep running statistics for
+            evaluation; ``False`` normalises every call (all the pairs of a task) with its own.
     """
     channels, height, width = map_shape
     if height < 4 or width < 4:
@@ -63,8 +82,8 @@ def default_relation_module(
         )
     pooled = (height // 4) * (width // 4)
     return nn.Sequential(
-        conv_bn_relu(channels, hidden_channels, padding=1, pool=True),
-        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=True),
+        conv_bn_relu(channels, hidden_channels, padding=1, pool=True, track_running_stats=track_running_stats),
+        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=True, track_running_stats=track_running_stats),
         nn.Flatten(),
         nn.Linear(hidden_channels * pooled, hidden_features),
         nn.ReLU(),
@@ -104,11 +123,17 @@ class RelationNet(MetricMetaLearner):
     unpadded convolutions (a ``64 x 3 x 3`` input to its FC layer); the default
     here pads as on Omniglot (``64 x 4 x 4`` for 19x19 maps).
 
-    Deviation from the authors' code (floodsung/LearningToCompare_FSL): support
-    and query sets are embedded in one call, so BatchNorm in training normalises
-    them together, and evaluation uses BatchNorm's running statistics
-    (``eval()``); the authors' code embeds them in two calls, each normalised with
-    its own batch statistics, in training and at test alike.
+    BatchNorm, by default: support and query sets are embedded in one call, so
+    BatchNorm in training normalises them together, and evaluation uses BatchNorm's
+    running statistics (``eval()``). The authors' code (floodsung/LearningToCompare_FSL)
+    differs: it never calls ``eval()`` and embeds support and query in two calls, each
+    normalised with its own batch statistics, in training and at test alike. Their
+    protocol is available: ``embed_apart=True`` embeds the two sets in two calls in
+    training, and BatchNorm layers without running statistics
+    (``relation_embedding(track_running_stats=False)``,
+    ``relation_track_running_stats=False``) normalise every call with its own batch
+    at evaluation too; evaluation embeds support and query apart in any case
+    (:meth:`adapt`). ``configs/relation_net/omniglot_5w1s_authors.yaml`` sets all three.
 
     Args:
         backbone: a feature-map network (see the contract above).
@@ -117,6 +142,10 @@ class RelationNet(MetricMetaLearner):
         input_shape: shape of one input item, to size the default relation module.
         relation_channels: channels of the default relation module's conv blocks.
         relation_hidden: hidden units of its fully connected layer (8 in the paper).
+        relation_track_running_stats: whether the default relation module's BatchNorm
+            layers keep running statistics (see above); ignored with a ``relation_module``.
+        embed_apart: in training, embed the support and the query sets in two backbone
+            calls (as the authors' code), each with its own BatchNorm statistics, rather than one.
         **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
             ``meta_optimizer``, ``weight_decay``, ``lr_schedule``, ...).
     """
@@ -128,13 +157,24 @@ class RelationNet(MetricMetaLearner):
         input_shape: tuple[int, ...] = (1, 28, 28),
         relation_channels: int = 64,
         relation_hidden: int = 8,
+        relation_track_running_stats: bool = True,
+        embed_apart: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, **kwargs)
         if relation_module is None:
             channels, height, width = feature_map_shape(backbone, input_shape)
-            relation_module = default_relation_module((2 * channels, height, width), relation_channels, relation_hidden)
+            relation_module = default_relation_module(
+                (2 * channels, height, width), relation_channels, relation_hidden, relation_track_running_stats
+            )
         self.relation_module = relation_module
+        self.embed_apart = embed_apart
+
+    def embed_sets(self, support_x: Tensor, query_x: Tensor, batch_dims: int) -> tuple[Tensor, Tensor]:
+        """Support and query feature maps: in one backbone call, or in two with ``embed_apart``."""
+        if not self.embed_apart:
+            return super().embed_sets(support_x, query_x, batch_dims)
+        return embed(self.backbone, support_x, batch_dims), embed(self.backbone, query_x, batch_dims)
 
     def summarize_support(self, support: Tensor, one_hot: Tensor) -> dict[str, Tensor]:
         """The class maps ``[*, ways, C, H, W]``: the sum of each class's support feature maps."""

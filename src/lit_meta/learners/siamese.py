@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from lit_meta.data.episode import EpisodeBatch
 from lit_meta.learners.classification import class_one_hot
-from lit_meta.learners.embedding import embed_episode
 from lit_meta.learners.metric import MetricMetaLearner
 
 
@@ -92,7 +91,7 @@ class SiameseNet(MetricMetaLearner):
     def meta_loss(self, batch: EpisodeBatch) -> Tensor:
         """Balanced verification loss over all pairs of examples within each task of ``batch``."""
         class_one_hot(batch.support_y, batch.support_x.dtype)  # raises the boundary error for regression episodes
-        support, query = embed_episode(self.backbone, batch.support_x, batch.query_x, batch_dims=2)
+        support, query = self.embed_sets(batch.support_x, batch.query_x, batch_dims=2)
         embeddings = torch.cat([support, query], dim=1)
         labels = torch.cat([batch.support_y, batch.query_y], dim=1)
         logits = self.pair_logits(embeddings.unsqueeze(2), embeddings.unsqueeze(1))
