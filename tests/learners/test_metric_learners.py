@@ -176,6 +176,8 @@ def test_relation_net_without_running_statistics_tests_each_set_on_its_own_batch
         embed_apart=True,
     )
     assert not [name for name, _ in model.named_buffers() if "running" in name]
+    with pytest.raises(ValueError, match=r"relation_track_running_stats=False .* given relation_module"):
+        RelationNet(nn.Identity(), relation_module=nn.Identity(), relation_track_running_stats=False)
     support_x, support_y = torch.rand(6, 1, 28, 28), torch.tensor([0, 0, 1, 1, 2, 2])
     query_x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():

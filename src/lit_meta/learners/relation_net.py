@@ -143,7 +143,8 @@ class RelationNet(MetricMetaLearner):
         relation_channels: channels of the default relation module's conv blocks.
         relation_hidden: hidden units of its fully connected layer (8 in the paper).
         relation_track_running_stats: whether the default relation module's BatchNorm
-            layers keep running statistics (see above); ignored with a ``relation_module``.
+            layers keep running statistics (see above); with a ``relation_module`` it must
+            stay ``True`` (build that module's BatchNorm as wanted).
         embed_apart: in training, embed the support and the query sets in two backbone
             calls (as the authors' code), each with its own BatchNorm statistics, rather than one.
         **kwargs: the outer-loop options of :class:`MetaLearner` (``meta_lr``,
@@ -162,6 +163,11 @@ class RelationNet(MetricMetaLearner):
         **kwargs: Any,
     ) -> None:
         super().__init__(backbone, **kwargs)
+        if relation_module is not None and not relation_track_running_stats:
+            raise ValueError(
+                "relation_track_running_stats=False sizes the default relation module and cannot change the given "
+                "relation_module; build its BatchNorm layers with track_running_stats=False instead"
+            )
         if relation_module is None:
             channels, height, width = feature_map_shape(backbone, input_shape)
             relation_module = default_relation_module(
