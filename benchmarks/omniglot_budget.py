@@ -95,14 +95,19 @@ SOURCES = {"protonet": "Snell et al. 2017, Table 1", "matching_net": "Vinyals et
            "anil": "Raghu et al. 2020, Table 2", "reptile": "Nichol et al. 2018, Table 2 (transductive)"}  # fmt: skip
 
 
+def variant_setting(setting: str, variant: str | None) -> str:
+    """``setting``, or ``<setting>_<variant>``: how a config's file and its run's folder name a variant."""
+    return f"{setting}_{variant}" if variant else setting
+
+
 def config_path(learner: str, setting: str, variant: str | None = None) -> Path:
     """A learner's Omniglot config: ``omniglot_<setting>.yaml``, or ``omniglot_<setting>_<variant>.yaml``."""
-    return REPO / "configs" / learner / f"omniglot_{setting}{f'_{variant}' if variant else ''}.yaml"
+    return REPO / "configs" / learner / f"omniglot_{variant_setting(setting, variant)}.yaml"
 
 
 def run_folder(learner: str, setting: str, args: argparse.Namespace) -> Path:
     """Where a run logs: ``<out>/logs/<learner>_<setting>[_<variant>]``."""
-    return args.out / "logs" / f"{learner}_{setting}{f'_{args.variant}' if args.variant else ''}"
+    return args.out / "logs" / f"{learner}_{variant_setting(setting, args.variant)}"
 
 
 def fit_command(learner: str, setting: str, minutes: int, args: argparse.Namespace) -> list[str]:
@@ -326,8 +331,9 @@ def with_projection(status: str | None, r: dict) -> str | None:
 def record(r: dict, args: argparse.Namespace) -> None:
     """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
     paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
-    config = config_path(r["learner"], r["setting"], args.variant)
-    name = NAMES[r["learner"]] + (f", {args.variant} config" if args.variant else "")
+    variant = r.get("variant")
+    config = config_path(r["learner"], r["setting"], variant)
+    name = NAMES[r["learner"]] + (f", {variant} config" if variant else "")
     figures = {
         "learner": name, "setting": f"omniglot {r['setting']}",
         "split": split_text(config, args.split),
@@ -349,7 +355,7 @@ def record(r: dict, args: argparse.Namespace) -> None:
         figures["note"] += f"; {resumed_note(resumed)}; wall time counts both parts"
     # Both bound the run: a run can end on the config's steps well inside its minutes.
     overridden = dict(args.override or []).get("trainer.max_steps")
-    steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"], args.variant)
+    steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"], variant)
     budget = {"minutes": r["minutes"], **({"steps": int(steps)} if steps else {})}
     budget.update(device_budget(shlex.split(r["command"])))
     record_result("omniglot_accuracy", "accuracy", figures, budget=budget)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -46,11 +47,12 @@ def relation_embedding(
     statistics at evaluation too, so a query's embedding depends on the other queries
     (transductive).
     """
+    block = functools.partial(conv_bn_relu, track_running_stats=track_running_stats)
     return nn.Sequential(
-        conv_bn_relu(in_channels, hidden_channels, padding=0, pool=True, track_running_stats=track_running_stats),
-        conv_bn_relu(hidden_channels, hidden_channels, padding=0, pool=True, track_running_stats=track_running_stats),
-        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=False, track_running_stats=track_running_stats),
-        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=False, track_running_stats=track_running_stats),
+        block(in_channels, hidden_channels, padding=0, pool=True),
+        block(hidden_channels, hidden_channels, padding=0, pool=True),
+        block(hidden_channels, hidden_channels, padding=1, pool=False),
+        block(hidden_channels, hidden_channels, padding=1, pool=False),
     )
 
 
@@ -81,9 +83,10 @@ def default_relation_module(
             "use a backbone with less pooling (e.g. relation_embedding()) or pass relation_module=..."
         )
     pooled = (height // 4) * (width // 4)
+    block = functools.partial(conv_bn_relu, padding=1, pool=True, track_running_stats=track_running_stats)
     return nn.Sequential(
-        conv_bn_relu(channels, hidden_channels, padding=1, pool=True, track_running_stats=track_running_stats),
-        conv_bn_relu(hidden_channels, hidden_channels, padding=1, pool=True, track_running_stats=track_running_stats),
+        block(channels, hidden_channels),
+        block(hidden_channels, hidden_channels),
         nn.Flatten(),
         nn.Linear(hidden_channels * pooled, hidden_features),
         nn.ReLU(),
