@@ -214,8 +214,9 @@ def read_run(save_dir: Path) -> dict:
         "episodes": int(float(test["test/episodes"])),
         # The test is logged at the step training ended on; the last training loss may be logged up to
         # log_every_n_steps earlier, which is all a run without validation has besides.
+        # A part resumed at its step budget trains nothing and logs only its test.
         "steps": max(
-            int(test["step"]), *(int(r["step"]) + 1 for r in newest if r.get("train/loss") or r.get("val/acc"))
+            [int(test["step"]), *(int(r["step"]) + 1 for r in newest if r.get("train/loss") or r.get("val/acc"))]
         ),
         "curve": [(step, float(acc)) for step, acc in sorted(joined(save_dir, parts).items())],
     }

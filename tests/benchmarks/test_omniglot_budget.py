@@ -81,6 +81,19 @@ def test_a_resumed_run_joins_its_parts_and_tests_the_newest(budget, tmp_path) ->
     assert budget.redone_points_equal(tmp_path) is True
 
 
+def test_a_run_resumed_at_its_step_budget_reports_its_new_test(budget, tmp_path) -> None:
+    """Resumed at its step budget (to test the best checkpoint again, under a changed config), the newest part
+    trains nothing and logs only its test: the run keeps its steps and its curve, and reports that test."""
+    write_part(tmp_path, 0, [{"step": 99, "val/acc": 0.8}, {"step": 199, "val/acc": 0.9},
+                             {"step": 199, "train/loss": 1},
+                             {"step": 200, "test/acc": 0.5, "test/acc_ci95": 0.01, "test/episodes": 600}])  # fmt: skip
+    write_part(tmp_path, 1, [{"step": 200, "test/acc": 0.97, "test/acc_ci95": 0.01, "test/episodes": 2000}])
+    (tmp_path / budget.RESUMES).write_text(json.dumps({"version_1": 200}))
+    run = budget.read_run(tmp_path)
+    assert run["curve"] == [(99, 0.8), (199, 0.9)]
+    assert (run["acc"], run["episodes"], run["steps"]) == (pytest.approx(97.0), 2000, 200)
+
+
 def test_a_resume_that_redid_a_validation_differently_says_so(budget, tmp_path) -> None:
     write_part(tmp_path, 0, [{"step": 199, "val/acc": 0.9}, {"step": 299, "val/acc": 0.85}])
     write_part(tmp_path, 1, [{"step": 300, "val/acc": 0.86}, {"step": 400, "val/acc": 0.95}])
