@@ -63,7 +63,10 @@ class Reptile(GradientMetaLearner):
     slots); ``carry_inner_state=True`` does the same. Without it each task starts with
     fresh moments, so tasks stay independent.
     At evaluation the authors take minibatches of 5 of the support set (the whole of
-    it in 1-shot 5-way); here every evaluation step takes the whole support set.
+    it in 1-shot 5-way); here every evaluation step takes the whole support set. Their
+    transductive test then scores one query per class in one batch, so BatchNorm normalises
+    those N queries together; the Omniglot configs match it with ``eval_queries: 1`` (the
+    query batch size changes the accuracy through BatchNorm's batch statistics).
 
     Args:
         backbone: the network; output size = ways.
