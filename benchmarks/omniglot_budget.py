@@ -329,6 +329,24 @@ def with_projection(status: str | None, r: dict) -> str | None:
     return f"{status}; the config's {max_steps:,} steps would take ~{hours:.1f} h at this pace"
 
 
+def step_budget(r: dict, args: argparse.Namespace) -> int | None:
+    """The steps that bound a run: ``--max-steps``, an overridden ``trainer.max_steps`` or the config's."""
+    overridden = dict(args.override or []).get("trainer.max_steps")
+    steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"], r.get("variant"))
+    return int(steps) if steps else None
+
+
+def trained_steps(r: dict, args: argparse.Namespace) -> int:
+    """The run's steps, at most its step budget.
+
+    A part resumed from a checkpoint saved after an epoch's validation logs its steps one higher than it
+    trains them (Lightning's numbering), so read from its log a run that reached its budget would count one
+    or two steps past it; the trainer never trains past ``max_steps``.
+    """
+    budget = step_budget(r, args)
+    return min(r["steps"], budget) if budget else r["steps"]
+
+
 def record(r: dict, args: argparse.Namespace) -> None:
     """One ``accuracy`` line for ``report.py``: the test accuracy, the paper's and the validation curve."""
     paper = PAPER[r["learner"]][SETTINGS.index(r["setting"])]
@@ -339,7 +357,7 @@ def record(r: dict, args: argparse.Namespace) -> None:
         "learner": name, "setting": f"omniglot {r['setting']}",
         "split": split_text(config, args.split),
         "acc": round(r["acc"], 2), "ci95": round(r["ci95"], 2), "test_episodes": r["episodes"],
-        "train_steps": r["steps"], "wall_min": round(r["wall_s"] / 60, 1),
+        "train_steps": trained_steps(r, args), "wall_min": round(r["wall_s"] / 60, 1),
         "paper": None if paper is None else {"acc": paper, "source": SOURCES[r["learner"]]},
         "curve": [[step, round(100 * acc, 2), None] for step, acc in r["curve"]],
         "status": with_projection(curve_status(r["curve"]), r) if r["curve"] else NOT_VALIDATED,
@@ -355,9 +373,8 @@ def record(r: dict, args: argparse.Namespace) -> None:
         figures["resumed"] = resumed
         figures["note"] += f"; {resumed_note(resumed)}; wall time counts both parts"
     # Both bound the run: a run can end on the config's steps well inside its minutes.
-    overridden = dict(args.override or []).get("trainer.max_steps")
-    steps = args.max_steps or overridden or config_max_steps(r["learner"], r["setting"], variant)
-    budget = {"minutes": r["minutes"], **({"steps": int(steps)} if steps else {})}
+    steps = step_budget(r, args)
+    budget = {"minutes": r["minutes"], **({"steps": steps} if steps else {})}
     budget.update(device_budget(shlex.split(r["command"])))
     record_result("omniglot_accuracy", "accuracy", figures, budget=budget)
 

@@ -220,3 +220,23 @@ def test_each_paper_figure_is_the_one_its_config_cites(budget) -> None:
             config = REPO_ROOT / "configs" / learner / f"omniglot_{setting}.yaml"
             comments = "".join(line for line in config.read_text().splitlines(True) if line.startswith("#"))
             assert any(f"{figure:.{digits}f}" in comments for digits in (1, 2)), (config, figure)
+
+
+def test_a_resumed_run_is_recorded_at_most_at_its_step_budget(budget, tmp_path, monkeypatch) -> None:
+    """A part resumed after an epoch's validation logs its steps one higher (Lightning's numbering): a run
+    read as 100,002 steps trained the config's 100,000, and is recorded so; a run short of its budget keeps
+    its own count."""
+    args = budget.argparse.Namespace(
+        split=None, data=tmp_path, cache=tmp_path / "cache", out=tmp_path, val_every=1000, val_episodes=None,
+        test_episodes=None, max_steps=None, override=None, allocator="glibc", threads=1, variant=None,
+    )  # fmt: skip
+    recorded = []
+    monkeypatch.setattr(budget, "record_result", lambda stem, kind, figures, *, budget: recorded.append(figures))
+    run = {"learner": "reptile", "setting": "5w1s", "acc": 96.5, "ci95": 0.3, "episodes": 600, "steps": 100_002,
+           "wall_s": 3600.0, "minutes": 300, "curve": [(99_001, 0.97)], "command": "lit-meta fit"}  # fmt: skip
+    budget.record(run, args)
+    assert recorded[0]["train_steps"] == 100_000  # configs/reptile/omniglot_5w1s.yaml: max_steps 100000
+    args.max_steps = 45_000
+    budget.record({**run, "steps": 45_002}, args)
+    budget.record({**run, "steps": 30_000}, args)
+    assert [r["train_steps"] for r in recorded[1:]] == [45_000, 30_000]
